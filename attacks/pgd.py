@@ -1,0 +1,49 @@
+"""PGD: projected gradient ascent on the flip loss (Madry et al., ICLR 2018).
+
+https://arxiv.org/abs/1706.06083. Adapted to anomaly maps as in the PatchGuard paper (§3) and its
+code: the loss flips every cell of M(x) (or the image score, with the detection objective).
+
+Threat model: L∞ steps along sign(∇), L2 steps along ∇/||∇||₂; each step is projected onto the
+ε-ball and [0, 1]. Defaults: step size 2.5·ε/steps, no random start (the PatchGuard code), one
+restart. With `keep_best=True` (default) each image gets the iterate with the highest loss seen,
+as AUROC has no success threshold; `keep_best=False` returns the last iterate (torchattacks'
+behaviour).
+"""
+from __future__ import annotations
+
+import torch
+
+from robustad.attacks.attack import Attack, keep_best
+from robustad.attacks.registry import register_attack
+from robustad.attacks.threat_model import ascent_direction, project, random_start
+
+
+@register_attack("pgd")
+class PGD(Attack):
+    """Projected gradient descent, L∞ or L2, any number of steps (`pgd-1000`)."""
+
+    name = "pgd"
+
+    def __init__(self, threat, *, keep_best: bool = True, **kwargs):
+        super().__init__(threat, **kwargs)
+        self.keep_best = keep_best
+
+    def perturb(self, objective, images):
+        t = self.threat
+        gen = self.generator()
+        best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
+        best_adv = images.clone()
+        for _ in range(t.restarts):
+            adv = random_start(images, t.norm, t.eps, gen) if t.random_start else images.clone()
+            for _ in range(t.steps):
+                loss, grad = objective.loss_and_grad(adv)
+                if self.keep_best:
+                    best_loss, best_adv = keep_best(best_loss, best_adv, loss, adv)
+                adv = project(adv + t.alpha * ascent_direction(grad, t.norm), images, t.norm, t.eps)
+            with torch.no_grad():
+                final = objective.loss(adv)
+            best_loss, best_adv = keep_best(best_loss, best_adv, final, adv)
+        return best_adv
+
+    def describe(self):
+        return {**super().describe(), "keep_best": self.keep_best}

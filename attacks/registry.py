@@ -1,0 +1,61 @@
+"""The attack registry and factory: `create_attack("pgd-1000", norm="linf", eps=8/255)`."""
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+from robustad.attacks.threat_model import ThreatModel, parse_eps
+from robustad.bench.registry import Registry, drop_none
+
+ATTACKS: Registry = Registry("attack")
+register_attack = ATTACKS.register
+
+THREAT_FIELDS = ("norm", "eps", "steps", "step_size", "restarts", "random_start", "seed")
+_STEPS_SUFFIX = re.compile(r"^(?P<name>[a-z0-9_]+?)-(?P<steps>\d+)$")
+
+
+def split_attack_name(name: str) -> tuple[str, int | None]:
+    """"pgd-1000" -> ("pgd", 1000); "sea" -> ("sea", None)."""
+    name = name.strip().lower()
+    if name in ATTACKS:
+        return name, None
+    match = _STEPS_SUFFIX.match(name)
+    if match and match["name"] in ATTACKS:
+        return match["name"], int(match["steps"])
+    return name, None
+
+
+def create_attack(name: str, *, norm: str = "linf", eps: float | str = 8 / 255, steps: int | None = None, **options: Any):
+    """Builds a callable `attack(detector, images, masks, labels=None)`.
+
+    `name` is a registered attack, `name-STEPS` (e.g. `pgd-1000`) or `worst:A,B,...` (the
+    per-image worst case over the listed attacks). Options left as None keep the attack's default.
+    `steps` given explicitly overrides a `-STEPS` suffix.
+    """
+    options = drop_none(options)
+    if name.startswith("worst:"):
+        from robustad.attacks.worst_case import WorstCase
+
+        members = [m for m in name[len("worst:"):].split(",") if m.strip()]
+        if not members:
+            raise ValueError("worst: needs at least one attack, e.g. worst:pgd,sea")
+        built = [create_attack(m, norm=norm, eps=eps, steps=steps, **options) for m in members]
+        return WorstCase(built)
+    base, suffix_steps = split_attack_name(name)
+    cls = ATTACKS.get(base)
+    steps = steps if steps is not None else suffix_steps
+    threat_kw = {k: options.pop(k) for k in THREAT_FIELDS if k in options}
+    threat_kw.update(norm=norm, eps=parse_eps(eps))
+    if steps is not None:
+        threat_kw["steps"] = int(steps)
+    elif getattr(cls, "default_steps", None):
+        threat_kw["steps"] = cls.default_steps
+    threat = ThreatModel(**threat_kw)
+    accepted = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
+    unknown = sorted(k for k in options if k not in accepted and not takes_any)
+    if unknown:
+        valid = sorted(k for k in accepted if k not in ("self", "threat")) + list(THREAT_FIELDS)
+        raise ValueError(f"attack {base!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return cls(threat, **options)

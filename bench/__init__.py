@@ -1,0 +1,1 @@
+"""The `bench` command: runner, metrics, result records, tables and soundness checks."""

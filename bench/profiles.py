@@ -1,0 +1,41 @@
+"""Profiles: the paper's setting and a CPU-sized one, as two instances of one dataclass.
+
+`paper` is the PatchGuard paper's protocol (PGD-1000 at test time, a GPU). `quick` runs the same
+code path sized for a 2-core CPU. A method's own sizes (image size, model, epochs) live in that
+method's config presets, keyed by the same `Profile`.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Profile(str, enum.Enum):
+    PAPER = "paper"
+    QUICK = "quick"
+
+    @classmethod
+    def parse(cls, value: "str | Profile") -> "Profile":
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(
+                f"unknown profile {value!r}; expected one of: {', '.join(p.value for p in cls)}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How the runner evaluates a cell under a profile."""
+
+    attack_steps: int  # default number of attack iterations when --steps is not given
+    batch_size: int  # test batch size
+    max_test_images: int | None  # cap on test images per category (None: all)
+
+
+EVAL_SETTINGS = {
+    Profile.PAPER: EvalSettings(attack_steps=1000, batch_size=16, max_test_images=None),
+    Profile.QUICK: EvalSettings(attack_steps=20, batch_size=16, max_test_images=None),
+}

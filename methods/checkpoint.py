@@ -1,0 +1,81 @@
+"""Saving and loading a detector together with the config that made it.
+
+A checkpoint is refused when it was made by another method or another config; the message names
+the differing fields. Loading uses `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was made by another method or config than the detector it is loaded into."""
+
+
+def save_checkpoint(detector, path) -> None:
+    """Writes {method, config, state_dict} atomically to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT_VERSION,
+        "method": detector.name,
+        "config": detector.config_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in detector.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(detector, path) -> None:
+    """Loads `path` into `detector` after checking its method and config."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise CheckpointMismatchError(f"{path} is not a robustad checkpoint")
+    if payload.get("method") != detector.name:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was made by method {payload.get('method')!r}, not {detector.name!r}"
+        )
+    differing = config_differences(payload.get("config", {}), detector.config_dict())
+    if differing:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was made with another config of {detector.name!r}: "
+            + "; ".join(differing)
+        )
+    detector.load_state_dict(payload["state_dict"])
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            a, b = list(a), list(b)
+        if a != b:
+            out.append(f"{key}: checkpoint has {a!r}, expected {b!r}")
+    return out
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

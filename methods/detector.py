@@ -1,0 +1,138 @@
+"""The Detector interface every method implements (DESIGN.md, "Contracts").
+
+A detector maps images in [0, 1] of shape (B, 3, H, W) to anomaly logits M(x) on its own grid,
+(B, h, w), differentiably in the pixels; S(x) = `score(M)` and the pixel map `anomaly_map(M, size)`
+are derived from M. Each detector normalizes inside its own forward, so ε is measured in pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustad.bench.profiles import Profile
+
+
+@dataclasses.dataclass
+class DetectorConfig:
+    """Base of every method's config dataclass. Subclasses add their own fields."""
+
+    image_size: int = 224
+    top_k: int = 3  # S(x): mean of the top-k cells of M
+
+
+class Detector(nn.Module):
+    """Base class of anomaly detectors.
+
+    Subclasses set `config_class` (a `DetectorConfig` subclass) and `profiles` (a dict from
+    `Profile` to a config instance), and implement `fit` and `forward`. The constructor takes no
+    required argument: `Detector()` builds the quick-profile configuration.
+    """
+
+    name: ClassVar[str] = "detector"
+    config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
+    profiles: ClassVar[dict[Profile, DetectorConfig]] = {}
+
+    def __init__(self, config: DetectorConfig | None = None, **overrides: Any):
+        super().__init__()
+        self.config = make_config(type(self), config, **overrides)
+
+    # -- the interface ---------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return int(self.config.image_size)
+
+    def fit(self, train_set) -> None:
+        """Train on a dataset of normal images (items: dict with "image", "label", "mask", "path")."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Anomaly logits M(x), shape (B, h, w); differentiable in `images`."""
+        raise NotImplementedError
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """Image scores S(x), shape (B,): the mean of the top-k cells of M."""
+        flat = logits.flatten(1)
+        k = min(int(self.config.top_k), flat.shape[1])
+        return flat.topk(k, dim=1).values.mean(dim=1)
+
+    def anomaly_map(self, logits: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+        """M upsampled to pixels, shape (B, H, W). Default: bilinear upsampling."""
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return F.interpolate(logits.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    def save_checkpoint(self, path) -> None:
+        from robustad.methods.checkpoint import save_checkpoint
+
+        save_checkpoint(self, path)
+
+    def load_checkpoint(self, path) -> None:
+        from robustad.methods.checkpoint import load_checkpoint
+
+        load_checkpoint(self, path)
+
+
+def make_config(cls: type[Detector], config: DetectorConfig | None = None, **overrides: Any) -> DetectorConfig:
+    """The config for `cls`: `config` (or the quick preset, or the dataclass defaults) with overrides.
+
+    Unknown override keys raise a ValueError listing the valid fields.
+    """
+    base = config if config is not None else cls.profiles.get(Profile.QUICK, None) or cls.config_class()
+    if not isinstance(base, cls.config_class):
+        raise TypeError(f"{cls.__name__} expects a {cls.config_class.__name__}, got {type(base).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown config field(s) {', '.join(unknown)} for method {cls.name!r}; "
+            f"valid fields: {', '.join(fields)}"
+        )
+    converted = {k: coerce_field(cls.name, fields[k], base, v) for k, v in overrides.items()}
+    return dataclasses.replace(base, **converted)
+
+
+def coerce_field(method: str, field: dataclasses.Field, base: DetectorConfig, value: Any) -> Any:
+    """Converts a `--config KEY=VALUE` string to the type of the field's current value."""
+    if not isinstance(value, str):
+        return value
+    current = getattr(base, field.name)
+    kind = type(current)
+    try:
+        if isinstance(current, bool):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return parse_number(value)
+        if isinstance(current, (tuple, list)):
+            items = [s for s in value.replace(" ", "").split(",") if s]
+            inner = type(current[0]) if current else str
+            return kind(inner(parse_number(s)) if inner in (int, float) else s for s in items)
+        if current is None:
+            return value
+        return kind(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"--config {field.name}={value!r} for method {method!r}: expected {kind.__name__} ({err})"
+        ) from None
+
+
+def parse_number(text: str) -> float:
+    """Parses "0.5", "8/255" or "1e-3" as a float."""
+    text = str(text).strip()
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)

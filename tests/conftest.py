@@ -1,0 +1,30 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def mvtec_root(tmp_path_factory):
+    from tests.synthetic import write_mvtec_tree
+
+    return write_mvtec_tree(tmp_path_factory.mktemp("mvtec"))
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(mvtec_root):
+    """A TinyDetector fitted on category "alpha" of the synthetic tree, with its test batch."""
+    from robustad.datasets import create_dataset
+    from tests.tiny_detector import TinyDetector
+
+    torch.manual_seed(0)
+    detector = TinyDetector()
+    detector.fit(create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=32))
+    test = create_dataset("mvtec", root=mvtec_root, category="alpha", split="test", image_size=32)
+    batch = [test[i] for i in range(len(test))]
+    images = torch.stack([b["image"] for b in batch])
+    masks = torch.stack([b["mask"] for b in batch])
+    labels = torch.tensor([b["label"] for b in batch])
+    return detector, images, masks, labels
