@@ -8,8 +8,9 @@ Losses (per image, to maximize):
 - `margin` (default, non-saturating): mean logit of normal units − mean logit of anomalous units,
   the PatchGuard code's attack loss. A saturating BCE-flip loss stalls on confident models
   (DESIGN.md, "measured while planning").
-- `ce`: mean binary cross-entropy of the units against the flipped targets, negated so that
-  maximizing it pushes units towards the flipped label (appendix H's "sum of cross-entropy").
+- `ce`: mean binary cross-entropy of the units against their true targets (appendix H's "sum of
+  cross-entropy" over patches; with per-cell two-class logits [0, m] this is exactly the
+  untargeted CE that torchattacks maximizes). It saturates on confident models.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def flip_loss(logits: torch.Tensor, targets: torch.Tensor, loss: FlipLoss = Flip
         mean_normal = (logits * normal).sum(1) / normal.sum(1).clamp_min(1.0)
         mean_anomalous = (logits * targets).sum(1) / targets.sum(1).clamp_min(1.0)
         return mean_normal - mean_anomalous
-    return -F.binary_cross_entropy_with_logits(logits, 1.0 - targets, reduction="none").mean(1)
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
 
 
 class AttackObjective:
