@@ -1,0 +1,170 @@
+"""`bench`: a thin command line over the library (same defaults as the Python API).
+
+    bench run   --method M --attack A --dataset D [--category C|all] ...   one record per cell
+    bench table --results DIR --format latex|markdown|csv --layout methods|categories|attacks
+    bench list  [methods|attacks|datasets]
+    bench check --method M --dataset D [--category C]                      soundness checks
+    bench data  info|download ...
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+from robustad.attacks.threat_model import parse_eps
+
+DEFAULT_RESULTS = "results"
+
+
+def parse_config_items(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """`--config KEY=VALUE` items as sorted pairs; a malformed item is an error naming it."""
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"bench: error: --config {item!r}: expected KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    return tuple(sorted(pairs.items()))
+
+
+def eps_argument(text: str) -> str:
+    try:
+        parse_eps(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", action="append", required=True,
+                   help="registered method or package.module:Class (repeat for several)")
+    p.add_argument("--attack", action="append", default=None,
+                   help="attack name, e.g. pgd, pgd-1000, sea, worst:pgd,sea (repeat for several; default pgd)")
+    p.add_argument("--dataset", action="append", required=True, help="dataset name (repeat for several)")
+    p.add_argument("--root", default=None, help="dataset root folder (default: the dataset's own)")
+    p.add_argument("--category", default=None, help="category, comma list, or 'all' (default: all)")
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--eps", action="append", type=eps_argument, default=None,
+                   help="budget in pixel units, e.g. 8/255 or 0.0314 (repeat for several; default 8/255)")
+    p.add_argument("--steps", type=int, default=None, help="attack iterations (default: profile's)")
+    p.add_argument("--objective", default="localization", choices=["localization", "detection"])
+    p.add_argument("--loss", default=None, choices=["margin", "ce"], help="attack loss (default: margin)")
+    p.add_argument("--restarts", type=int, default=None)
+    p.add_argument("--random-start", dest="random_start", action="store_true", default=None)
+    p.add_argument("--step-size", dest="step_size", type=eps_argument, default=None)
+    p.add_argument("--profile", default="quick", choices=["quick", "paper"])
+    p.add_argument("--seed", action="append", type=int, default=None, help="seed (repeat for several; default 0)")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help="output folder (default: results)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="autocast precision of evaluation and attacks (default fp32)")
+    p.add_argument("--config", action="append", metavar="KEY=VALUE", help="set a field of the method's config")
+    p.add_argument("--force", action="store_true", help="rerun cells whose record exists")
+
+
+def build_specs(args) -> list:
+    from robustad.bench.runner import CellSpec, expand_categories
+
+    config = parse_config_items(args.config)
+    attack_options = tuple(sorted(
+        (k, v) for k, v in {
+            "loss": args.loss, "restarts": args.restarts, "random_start": args.random_start,
+            "step_size": parse_eps(args.step_size) if args.step_size is not None else None,
+        }.items() if v is not None
+    ))
+    specs = []
+    for method, dataset in itertools.product(args.method, args.dataset):
+        categories = expand_categories(dataset, args.root, args.category or "all")
+        for category, attack, eps_text, seed in itertools.product(
+            categories, args.attack or ["pgd"], args.eps or ["8/255"], args.seed or [0]
+        ):
+            specs.append(CellSpec(
+                method=method, dataset=dataset, category=category, attack=attack, norm=args.norm,
+                eps=parse_eps(eps_text), eps_text=eps_text, steps=args.steps, seed=seed,
+                profile=args.profile, objective=args.objective, root=args.root, config=config,
+                attack_options=attack_options,
+            ))
+    return specs
+
+
+def cmd_run(args) -> int:
+    from robustad.bench.runner import run_grid
+    from robustad.bench.tables import format_cell_result
+
+    specs = build_specs(args)
+    records = run_grid(specs, results=args.results, device=args.device, force=args.force,
+                       precision=args.precision, on_record=lambda r: print(format_cell_result(r), flush=True))
+    failed = [r for r in records if r.get("error")]
+    print(f"{len(records) - len(failed)} cell(s) done, {len(failed)} failed; records in "
+          f"{Path(args.results).resolve() / 'records'}")
+    return 1 if failed else 0
+
+
+def cmd_table(args) -> int:
+    from robustad.bench.tables import load_records, write_tables
+
+    _, problems = load_records(args.results)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    paths = write_tables(args.results, layout=args.layout, task=args.task, fmt=args.format)
+    for path in paths:
+        print(Path(path).read_text())
+        print(f"written to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from robustad.attacks import ATTACKS
+    from robustad.datasets import DATASETS
+    from robustad.methods import METHODS
+
+    kinds = {"methods": METHODS, "attacks": ATTACKS, "datasets": DATASETS}
+    for kind in [args.kind] if args.kind else list(kinds):
+        print(f"{kind}:")
+        entries = kinds[kind].entries()
+        width = max((len(e.name) for e in entries), default=0)
+        for entry in entries:
+            print(f"  {entry.name.ljust(width)}  {entry.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Adversarial robustness benchmark for anomaly detection and localization")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="evaluate grid cells and write result records")
+    add_run_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    table = sub.add_parser("table", help="build the paper's tables from result records")
+    table.add_argument("--results", default=DEFAULT_RESULTS)
+    table.add_argument("--format", default="latex", choices=["latex", "markdown", "csv"])
+    table.add_argument("--layout", default="methods", choices=["methods", "categories", "attacks"])
+    table.add_argument("--task", default="ad", choices=["ad", "al"])
+    table.set_defaults(func=cmd_table)
+
+    listing = sub.add_parser("list", help="list registered methods, attacks and datasets")
+    listing.add_argument("kind", nargs="?", choices=["methods", "attacks", "datasets"])
+    listing.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; completed records are kept, rerun to resume", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"bench: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

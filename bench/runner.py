@@ -1,0 +1,297 @@
+"""The runner: evaluates one grid cell (method, dataset, category, attack, norm, eps, steps, seed,
+profile) and writes its result record.
+
+A cell trains the method (or reuses its cached checkpoint, keyed by method, config, dataset,
+category and seed), evaluates it on the test images clean and under attack, checks every
+adversarial batch against the threat model, and writes one JSON record atomically. A rerun skips
+cells whose record is complete unless `force=True`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from robustad.attacks import check_inside, create_attack
+from robustad.bench.environment import git_revision, package_versions
+from robustad.bench.profiles import EVAL_SETTINGS, Profile
+from robustad.bench.records import SCHEMA_VERSION, is_done, read_record, record_path, write_record
+from robustad.datasets import create_dataset, list_categories
+from robustad.methods import create_method
+from robustad.methods.checkpoint import CheckpointMismatchError, file_sha256
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    """One cell of the benchmark grid."""
+
+    method: str
+    dataset: str
+    category: str
+    attack: str = "pgd"
+    norm: str = "linf"
+    eps: float = 8 / 255
+    eps_text: str = "8/255"
+    steps: int | None = None  # None: the attack's `-N` suffix, else the profile's default
+    seed: int = 0
+    profile: str = "quick"
+    objective: str = "localization"
+    root: str | None = None
+    config: tuple[tuple[str, Any], ...] = ()  # method config overrides, sorted (key, value)
+    attack_options: tuple[tuple[str, Any], ...] = ()  # loss, restarts, random_start, step_size
+
+    @property
+    def config_overrides(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    def resolved_steps(self) -> int | None:
+        if self.steps is not None:
+            return int(self.steps)
+        if re.search(r"-\d+$", self.attack) or self.attack in ("fgsm",):
+            return None
+        return EVAL_SETTINGS[Profile.parse(self.profile)].attack_steps
+
+    def cell_id(self) -> str:
+        """A stable, readable file name for the cell."""
+        extra = json.dumps([self.config, self.attack_options, self.root], sort_keys=True, default=str)
+        digest = hashlib.sha256(extra.encode()).hexdigest()[:8]
+        steps = self.resolved_steps()
+        parts = [
+            self.method, self.dataset, self.category, self.attack, self.objective, self.norm,
+            self.eps_text, f"steps{steps}" if steps is not None else "", f"seed{self.seed}", self.profile, digest,
+        ]
+        return "__".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts if p)
+
+
+class RunError(RuntimeError):
+    """A cell could not run (bad input, failed check); the message says why."""
+
+
+def checkpoint_path(results: Path, detector, spec: CellSpec, dataset_root: str) -> Path:
+    key = json.dumps(
+        {"method": spec.method, "config": detector.config_dict(), "dataset": spec.dataset,
+         "root": dataset_root, "category": spec.category, "seed": spec.seed},
+        sort_keys=True, default=str,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    safe = [re.sub(r"[^A-Za-z0-9.+-]+", "-", s) for s in (spec.method, spec.dataset, spec.category)]
+    return Path(results) / "checkpoints" / safe[0] / safe[1] / safe[2] / f"{digest}.pt"
+
+
+def fit_or_load(detector, spec: CellSpec, results: Path, train_set, log) -> tuple[Path, float, bool]:
+    """Loads the cached checkpoint for this (method, config, dataset, category, seed) or trains one."""
+    path = checkpoint_path(results, detector, spec, str(train_set.format.root))
+    if path.exists():
+        try:
+            detector.load_checkpoint(path)
+            log(f"reusing checkpoint {path}")
+            return path, 0.0, True
+        except CheckpointMismatchError as err:
+            log(f"ignoring unusable checkpoint: {err}")
+    torch.manual_seed(spec.seed)
+    np.random.seed(spec.seed)
+    start = time.perf_counter()
+    detector.fit(train_set)
+    seconds = time.perf_counter() - start
+    detector.save_checkpoint(path)
+    return path, seconds, False
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"--precision {precision!r}: expected fp32 or bf16")
+
+
+def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.device, precision: str = "fp32",
+             max_images: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Clean and adversarial scores and maps of the test set; checks every adversarial batch."""
+    from robustad.bench.metrics import image_auroc, pixel_aupro, pixel_auroc
+
+    indices = list(range(len(test_set)))
+    if max_images is not None and len(indices) > max_images:
+        # keep both classes: an even spread over the (label-sorted) list
+        indices = [indices[int(i)] for i in np.linspace(0, len(indices) - 1, max_images).round()]
+    subset = torch.utils.data.Subset(test_set, indices)
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    out = {k: [] for k in ("labels", "masks", "clean_scores", "adv_scores", "clean_maps", "adv_maps")}
+    seconds = {"clean": 0.0, "attack": 0.0}
+    size = detector.image_size
+    detector.eval()
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=None if progress is None else not progress, leave=False):
+        images = batch["image"].to(device)
+        masks = batch["mask"].to(device)
+        labels = batch["label"].to(device)
+        start = time.perf_counter()
+        with torch.no_grad(), autocast(device, precision):
+            logits = detector(images).float()
+            out["clean_scores"].append(detector.score(logits).cpu())
+            out["clean_maps"].append(detector.anomaly_map(logits, size).cpu())
+        seconds["clean"] += time.perf_counter() - start
+        start = time.perf_counter()
+        with autocast(device, precision):
+            adv = attack(detector, images, masks, labels.float())
+        seconds["attack"] += time.perf_counter() - start
+        check_inside(adv.float(), images, attack.threat.norm, attack.threat.eps)
+        with torch.no_grad(), autocast(device, precision):
+            logits = detector(adv).float()
+            out["adv_scores"].append(detector.score(logits).cpu())
+            out["adv_maps"].append(detector.anomaly_map(logits, size).cpu())
+        out["labels"].append(labels.cpu())
+        out["masks"].append(masks[:, 0].cpu())
+    cat = {k: torch.cat(v).float().numpy() for k, v in out.items()}
+    has_masks = getattr(test_set, "has_masks", True)
+
+    def metrics(kind: str) -> dict[str, float | None]:
+        return {
+            "image_auroc": image_auroc(cat["labels"], cat[f"{kind}_scores"]),
+            "pixel_auroc": pixel_auroc(cat["masks"], cat[f"{kind}_maps"]) if has_masks else None,
+            "pixel_aupro": pixel_aupro(cat["masks"], cat[f"{kind}_maps"]) if has_masks else None,
+        }
+
+    labels = cat["labels"]
+    return {
+        "clean": metrics("clean"),
+        "adversarial": metrics("adv"),
+        "n_test": int(len(labels)),
+        "n_test_normal": int((labels == 0).sum()),
+        "n_test_anomalous": int((labels == 1).sum()),
+        "seconds": seconds,
+    }
+
+
+def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "cpu", force: bool = False,
+             precision: str = "fp32", progress: bool | None = None, log=None) -> dict:
+    """Runs one cell and returns its record (the existing one when the cell is done)."""
+    results = Path(results).expanduser().resolve()
+    log = log or (lambda message: print(message, file=sys.stderr))
+    cell_id = spec.cell_id()
+    if not force and is_done(results, cell_id):
+        log(f"skipping {cell_id}: record exists (use --force to rerun)")
+        return read_record(record_path(results, cell_id))
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: no CUDA device is available here")
+    profile = Profile.parse(spec.profile)
+    detector = create_method(spec.method, profile=profile, **spec.config_overrides)
+    steps = spec.resolved_steps()
+    attack = create_attack(spec.attack, norm=spec.norm, eps=spec.eps, steps=steps, seed=spec.seed,
+                           objective=spec.objective, **dict(spec.attack_options))
+    train_set = create_dataset(spec.dataset, root=spec.root, category=spec.category, split="train",
+                               image_size=detector.image_size)
+    test_set = create_dataset(spec.dataset, root=spec.root, category=spec.category, split="test",
+                              image_size=detector.image_size)
+    detector.to(torch_device)
+    ckpt, fit_seconds, reused = fit_or_load(detector, spec, results, train_set, log)
+    detector.to(torch_device).eval()
+    settings = EVAL_SETTINGS[profile]
+    from robustad.bench.checks import cheap_checks
+
+    first = next(iter(DataLoader(test_set, batch_size=min(4, len(test_set)), shuffle=True,
+                                 generator=torch.Generator().manual_seed(spec.seed))))
+    checks = cheap_checks(detector, first["image"].to(torch_device), first["mask"].to(torch_device))
+    result = evaluate(detector, test_set, attack, batch_size=settings.batch_size, device=torch_device,
+                      precision=precision, max_images=settings.max_test_images, progress=progress)
+    checks["inside_threat_model"] = True  # evaluate() raises otherwise
+    record = {
+        "schema": SCHEMA_VERSION,
+        "cell_id": cell_id,
+        "method": spec.method,
+        "dataset": spec.dataset,
+        "category": spec.category,
+        "attack": attack.describe()["attack"] if spec.attack.startswith("worst:") else spec.attack,
+        "objective": spec.objective,
+        "norm": spec.norm,
+        "eps": float(spec.eps),
+        "eps_text": spec.eps_text,
+        "steps": attack.describe()["steps"],
+        "seed": spec.seed,
+        "profile": profile.value,
+        "precision": precision,
+        "device": str(torch_device),
+        "root": str(train_set.format.root),
+        "config_overrides": spec.config_overrides,
+        "config": detector.config_dict(),
+        "n_test": result["n_test"],
+        "n_test_normal": result["n_test_normal"],
+        "n_test_anomalous": result["n_test_anomalous"],
+        "clean": result["clean"],
+        "adversarial": result["adversarial"],
+        "seconds": {"fit": fit_seconds, "checkpoint_reused": reused, **result["seconds"]},
+        "attack_config": attack.describe(),
+        "checks": checks,
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "checkpoint_sha256": file_sha256(ckpt),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "error": None,
+    }
+    write_record(results, record)
+    return record
+
+
+def failed_record(spec: CellSpec, error: BaseException) -> dict:
+    """The record of a cell that failed: the grid goes on, the failure is kept."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "cell_id": spec.cell_id(),
+        "method": spec.method,
+        "dataset": spec.dataset,
+        "category": spec.category,
+        "attack": spec.attack,
+        "objective": spec.objective,
+        "norm": spec.norm,
+        "eps": float(spec.eps),
+        "eps_text": spec.eps_text,
+        "steps": spec.resolved_steps(),
+        "seed": spec.seed,
+        "profile": spec.profile,
+        "config_overrides": spec.config_overrides,
+        "clean": None,
+        "adversarial": None,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": traceback.format_exception(type(error), error, error.__traceback__)[-6:],
+    }
+
+
+def expand_categories(dataset: str, root, category: str) -> list[str]:
+    if category == "all":
+        return list_categories(dataset, root)
+    return [c for c in category.split(",") if c]
+
+
+def run_grid(specs: list[CellSpec], *, results="results", device="cpu", force=False, precision="fp32",
+             progress=None, log=None, on_record=None) -> list[dict]:
+    """Runs every cell; a failed cell writes a record with an `error` field and the grid goes on."""
+    log = log or (lambda message: print(message, file=sys.stderr))
+    records = []
+    for spec in specs:
+        try:
+            record = run_cell(spec, results=results, device=device, force=force, precision=precision,
+                              progress=progress, log=log)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - the failure is recorded, not swallowed
+            record = failed_record(spec, err)
+            write_record(Path(results).expanduser().resolve(), record)
+            log(f"cell {spec.cell_id()} failed: {record['error']}")
+        records.append(record)
+        if on_record:
+            on_record(record)
+    return records

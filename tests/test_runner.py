@@ -1,0 +1,122 @@
+"""End-to-end runner tests on the tiny detector and a generated MVTec-layout tree."""
+import json
+
+import pytest
+import torch
+
+from robustad.attacks import Attack, ThreatModelViolation, register_attack
+from robustad.bench.cli import main
+from robustad.bench.records import read_record
+from robustad.bench.runner import CellSpec, run_cell, run_grid
+
+TINY = "tests.tiny_detector:TinyDetector"
+
+
+@register_attack("test-cheat")
+class CheatingAttack(Attack):
+    """Leaves the ε-ball on purpose (the runner must catch it)."""
+
+    name = "test-cheat"
+
+    def perturb(self, objective, images):
+        return (images + 3 * self.threat.eps).clamp(0, 1)
+
+
+def spec(root, category="alpha", attack="pgd", **kw):
+    return CellSpec(method=TINY, dataset="mvtec", category=category, attack=attack, root=str(root),
+                    steps=kw.pop("steps", 5), **kw)
+
+
+def test_bench_run_writes_one_record(mvtec_root, tmp_path, capsys):
+    code = main(["run", "--method", TINY, "--dataset", "mvtec", "--root", str(mvtec_root), "--category", "alpha",
+                 "--attack", "pgd", "--steps", "10", "--results", str(tmp_path)])
+    assert code == 0
+    files = list((tmp_path / "records").glob("*.json"))
+    assert len(files) == 1
+    record = json.loads(files[0].read_text())
+    assert record["error"] is None
+    assert record["method"] == TINY and record["category"] == "alpha" and record["steps"] == 10
+    assert record["n_test"] == record["n_test_normal"] + record["n_test_anomalous"] == 12
+    for block in ("clean", "adversarial"):
+        assert set(record[block]) == {"image_auroc", "pixel_auroc", "pixel_aupro"}
+    assert record["clean"]["pixel_auroc"] > 80
+    assert record["adversarial"]["pixel_auroc"] < record["clean"]["pixel_auroc"] - 20
+    assert len(record["checkpoint_sha256"]) == 64
+    assert record["checks"]["inside_threat_model"] is True
+    assert "torch" in record["versions"]
+    assert "pixel" in capsys.readouterr().out.lower()
+
+
+def test_rerun_skips_done_cells_and_reuses_checkpoint(mvtec_root, tmp_path):
+    first = run_cell(spec(mvtec_root), results=tmp_path)
+    again = run_cell(spec(mvtec_root), results=tmp_path)
+    assert again["created"] == first["created"]  # skipped, not recomputed
+    forced = run_cell(spec(mvtec_root), results=tmp_path, force=True)
+    assert forced["created"] != first["created"]
+    assert forced["seconds"]["checkpoint_reused"] is True
+    assert forced["checkpoint_sha256"] == first["checkpoint_sha256"]
+    assert forced["clean"] == first["clean"]
+
+
+def test_interrupted_grid_resumes_without_loss_or_duplicates(mvtec_root, tmp_path):
+    specs = [spec(mvtec_root, "alpha"), spec(mvtec_root, "beta")]
+
+    def interrupt(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(specs, results=tmp_path, on_record=interrupt)
+    done = list((tmp_path / "records").glob("*.json"))
+    assert len(done) == 1
+    kept = read_record(done[0])
+    seen = []
+    run_grid(specs, results=tmp_path, log=seen.append)
+    files = sorted((tmp_path / "records").iterdir())
+    assert len(files) == 2 and all(f.suffix == ".json" for f in files)  # no temp files left
+    assert read_record(done[0])["created"] == kept["created"]
+    assert any("skipping" in line for line in seen)
+
+
+def test_cheating_attack_fails_the_cell_loudly_and_grid_goes_on(mvtec_root, tmp_path):
+    with pytest.raises(ThreatModelViolation):
+        run_cell(spec(mvtec_root, attack="test-cheat"), results=tmp_path)
+    records = run_grid([spec(mvtec_root, attack="test-cheat"), spec(mvtec_root)], results=tmp_path)
+    assert "ThreatModelViolation" in records[0]["error"]
+    assert records[1]["error"] is None
+    stored = read_record(tmp_path / "records" / f"{records[0]['cell_id']}.json")
+    assert stored["error"] and stored["adversarial"] is None
+
+
+def test_unknown_config_key_lists_valid_fields(mvtec_root, tmp_path, capsys):
+    code = main(["run", "--method", TINY, "--dataset", "mvtec", "--root", str(mvtec_root), "--category", "alpha",
+                 "--results", str(tmp_path), "--config", "no_such_field=1"])
+    assert code == 1
+    record = json.loads(next((tmp_path / "records").glob("*.json")).read_text())
+    assert "no_such_field" in record["error"] and "width" in record["error"]
+
+
+def test_config_override_changes_checkpoint_and_record(mvtec_root, tmp_path):
+    record = run_cell(spec(mvtec_root, config=(("width", "8"),)), results=tmp_path)
+    assert record["config"]["width"] == 8 and record["config_overrides"] == {"width": "8"}
+    base = run_cell(spec(mvtec_root), results=tmp_path)
+    assert base["checkpoint_sha256"] != record["checkpoint_sha256"]
+
+
+@pytest.mark.parametrize("bad", ["-1", "abc", "1/0"])
+def test_bad_eps_is_rejected(bad, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--method", TINY, "--dataset", "mvtec", "--eps", bad])
+    assert "--eps" in capsys.readouterr().err
+
+
+def test_unknown_names_list_valid_ones(mvtec_root, capsys):
+    assert main(["run", "--method", "nope", "--dataset", "mvtec", "--root", str(mvtec_root), "--category", "alpha",
+                 "--results", str(mvtec_root.parent / "r")]) == 1
+    assert main(["run", "--method", TINY, "--dataset", "nope"]) == 2
+    assert "valid datasets" in capsys.readouterr().err
+
+
+def test_missing_root_names_path_and_layout(tmp_path, capsys):
+    assert main(["run", "--method", TINY, "--dataset", "mvtec", "--root", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "absent") in err and "ground_truth" in err
