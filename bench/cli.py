@@ -90,10 +90,25 @@ def build_specs(args) -> list:
     return specs
 
 
+def validate_run_arguments(args) -> None:
+    """Fails fast (before any training) on unknown methods, attacks, config keys and options."""
+    from robustad.attacks import create_attack
+    from robustad.methods import create_method
+
+    config = dict(parse_config_items(args.config))
+    for method in args.method:
+        create_method(method, profile=args.profile, **config)
+    for attack in args.attack or ["pgd"]:
+        create_attack(attack, norm=args.norm, eps=parse_eps((args.eps or ["8/255"])[0]), steps=args.steps,
+                      objective=args.objective, loss=args.loss, restarts=args.restarts,
+                      random_start=args.random_start)
+
+
 def cmd_run(args) -> int:
     from robustad.bench.runner import run_grid
     from robustad.bench.tables import format_cell_result
 
+    validate_run_arguments(args)
     specs = build_specs(args)
     records = run_grid(specs, results=args.results, device=args.device, force=args.force,
                        precision=args.precision, on_record=lambda r: print(format_cell_result(r), flush=True))

@@ -90,9 +90,10 @@ def test_cheating_attack_fails_the_cell_loudly_and_grid_goes_on(mvtec_root, tmp_
 def test_unknown_config_key_lists_valid_fields(mvtec_root, tmp_path, capsys):
     code = main(["run", "--method", TINY, "--dataset", "mvtec", "--root", str(mvtec_root), "--category", "alpha",
                  "--results", str(tmp_path), "--config", "no_such_field=1"])
-    assert code == 1
-    record = json.loads(next((tmp_path / "records").glob("*.json")).read_text())
-    assert "no_such_field" in record["error"] and "width" in record["error"]
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no_such_field" in err and "width" in err
+    assert not (tmp_path / "records").exists()  # failed before any work
 
 
 def test_config_override_changes_checkpoint_and_record(mvtec_root, tmp_path):
@@ -110,8 +111,11 @@ def test_bad_eps_is_rejected(bad, capsys):
 
 
 def test_unknown_names_list_valid_ones(mvtec_root, capsys):
-    assert main(["run", "--method", "nope", "--dataset", "mvtec", "--root", str(mvtec_root), "--category", "alpha",
-                 "--results", str(mvtec_root.parent / "r")]) == 1
+    base = ["--root", str(mvtec_root), "--category", "alpha"]
+    assert main(["run", "--method", "nope", "--dataset", "mvtec", *base]) == 2
+    assert "valid methods" in capsys.readouterr().err
+    assert main(["run", "--method", TINY, "--dataset", "mvtec", "--attack", "nope", *base]) == 2
+    assert "valid attacks: " in capsys.readouterr().err
     assert main(["run", "--method", TINY, "--dataset", "nope"]) == 2
     assert "valid datasets" in capsys.readouterr().err
 
