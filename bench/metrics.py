@@ -59,7 +59,9 @@ def _masks_and_maps(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     if masks.shape != maps.shape:
         raise ValueError(f"masks {masks.shape} and maps {maps.shape} must have the same shape")
     _check_finite(maps, "maps")
-    return _binary(masks, "masks"), maps.astype(np.float64, copy=False)
+    if not np.issubdtype(maps.dtype, np.floating):
+        maps = maps.astype(np.float64)
+    return _binary(masks, "masks"), maps
 
 
 def _auroc_percent(truth: np.ndarray, scores: np.ndarray) -> float:
@@ -103,7 +105,7 @@ def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     sorting N·H·W values, whatever the number of thresholds. Shapes as in `pixel_auroc`.
     """
     masks, maps = _masks_and_maps(masks, maps)
-    regions = np.zeros(masks.shape, dtype=np.int64)
+    regions = np.zeros(masks.shape, dtype=np.int32)
     n_regions = 0
     for index, mask in enumerate(masks):  # components of one image never join another image's
         labelled, count = ndimage.label(mask, structure=_REGION_CONNECTIVITY)
@@ -114,24 +116,26 @@ def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     if n_regions == 0 or n_normal == 0:
         return np.zeros(1), np.zeros(1)
 
-    # Each normal pixel adds 1/n_normal to the FPR when the threshold passes it; each pixel of
-    # region r adds 1/(|r| · n_regions) to the PRO.
+    # Passing a pixel of region r adds 1/(|r| · n_regions) to the PRO; passing a normal pixel
+    # adds 1/n_normal to the FPR (counted exactly as integers, divided at the end).
     region_sizes = np.bincount(regions, minlength=n_regions + 1).astype(np.float64)
-    pro_weight = np.where(regions > 0, 1.0 / (region_sizes[regions] * n_regions), 0.0)
-    fpr_weight = np.where(regions == 0, 1.0 / n_normal, 0.0)
-    del regions
+    pro_step = np.zeros(n_regions + 1)
+    pro_step[1:] = 1.0 / (region_sizes[1:] * n_regions)
 
     values = maps.reshape(-1)
-    order = np.argsort(-values, kind="stable")
+    order = np.argsort(values)[::-1]  # descending; the order among ties does not matter
     values = values[order]
-    fpr = np.cumsum(fpr_weight[order])
-    pro = np.cumsum(pro_weight[order])
-    del order, fpr_weight, pro_weight
+    regions = regions[order]
+    del order
+    normal_passed = np.cumsum(regions == 0)
+    pro = np.cumsum(pro_step[regions])
+    del regions
     # Tied values share one threshold: keep the last position of each run of equal values.
     last_of_run = np.r_[values[1:] != values[:-1], True]
-    fpr = np.r_[0.0, fpr[last_of_run]]
+    fpr = np.r_[0.0, normal_passed[last_of_run] / n_normal]
     pro = np.r_[0.0, pro[last_of_run]]
-    return np.minimum(fpr, 1.0), np.minimum(pro, 1.0)
+    pro[-1] = 1.0  # every pixel passed: exactly 1, whatever the rounding of the sums
+    return fpr, np.minimum(pro, 1.0)
 
 
 def pixel_aupro(masks, maps, fpr_limit: float = 0.3) -> float:
