@@ -5,6 +5,7 @@ from robustad.datasets.registry import DATASETS, create_dataset, list_categories
 
 # Registered datasets (explicit imports fill the registry).
 from robustad.datasets import mvtec  # noqa: E402,F401  isort: skip
+from robustad.datasets import textures  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "DATASETS",
