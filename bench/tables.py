@@ -1,0 +1,664 @@
+"""Result tables in the PatchGuard paper's layouts, from the result records of `bench run`.
+
+PatchGuard (Nafez et al., CVPR 2025, https://arxiv.org/abs/2412.04287) reports AUROC in percent as
+"clean / adversarial". Three layouts:
+
+- `methods` (Tables 1 and 2): rows datasets, columns methods, each dataset's value the mean over its
+  categories, and an "Average" row (the mean of the dataset rows). Image AUROC for task `ad`,
+  pixel AUROC for task `al`. One attack setting (attack, steps, objective, norm, ε, profile) per
+  table: the one given by the filters, else the most common one among the records (for `ad` the
+  detection objective and for `al` the localization objective are preferred when present). The
+  best adversarial value of each row is bold.
+- `categories` (Tables 13–18): per method and dataset, rows categories and an "Average" row,
+  columns image clean, image adversarial, pixel clean, pixel adversarial (`task` is not used).
+- `attacks` (Table 4): rows dataset × task (AD, AL), a "Clean" column, then one column per attack
+  setting with the adversarial value; the strongest attack of each row (the lowest adversarial
+  AUROC) is bold.
+
+Values are means over seeds, then over categories. A value marked `*` averages fewer categories
+(or datasets) than the others of its table have, so it is not comparable as it stands; `–` is a
+value that is missing (a failed cell, or no pixel masks as for Head-CT). Several records of one
+cell (same `cell_id`) count once: the newest successful one, else the newest failed one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from robustad.bench.records import RECORD_FIELDS, SCHEMA_VERSION, records_dir
+
+LAYOUTS = ("methods", "categories", "attacks")
+TASKS = ("ad", "al")
+FORMATS = ("latex", "markdown", "csv")
+EXTENSIONS = {"latex": "tex", "markdown": "md", "csv": "csv"}
+TASK_METRIC = {"ad": "image_auroc", "al": "pixel_auroc"}
+TASK_OBJECTIVE = {"ad": "detection", "al": "localization"}
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
+MISSING = "–"
+INCOMPLETE = "*"
+
+# Fields every record has, failed ones included; a successful record has all of RECORD_FIELDS.
+IDENTITY_FIELDS = ("schema", "cell_id", "method", "dataset", "category", "attack", "objective", "norm",
+                   "eps", "steps", "seed", "profile", "clean", "adversarial", "created", "error")
+
+DATASET_NAMES = {  # registry name (lower case, without - and _) -> name in the paper, in its order
+    "mvtec": "MVTec AD", "mvtecad": "MVTec AD", "visa": "VisA", "btad": "BTAD", "mpdd": "MPDD",
+    "wfdd": "WFDD", "dtd": "DTD-Synthetic", "dtdsynthetic": "DTD-Synthetic", "headct": "Head-CT",
+    "brats": "BraTS2021", "brats2021": "BraTS2021",
+}
+METHOD_NAMES = {"patchguard": "PatchGuard", "patchcore": "PatchCore", "draem": "DRAEM", "simplenet": "SimpleNet"}
+ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "apgd": "APGD", "autoattack": "AutoAttack", "caa": "CAA",
+                "a3": "A³", "square": "Square", "segpgd": "SegPGD", "sea": "SEA"}
+NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def record_problems(record) -> list[str]:
+    """What makes `record` unusable as a schema-1 result record (empty when it is fine)."""
+    if not isinstance(record, dict) or "schema" not in record or "cell_id" not in record:
+        return ["not a result record (expected a JSON object with 'schema' and 'cell_id')"]
+    if record["schema"] != SCHEMA_VERSION:
+        return [f"schema {record['schema']!r}, expected {SCHEMA_VERSION}"]
+    failed = record.get("error") is not None
+    missing = [f for f in (IDENTITY_FIELDS if failed else RECORD_FIELDS) if f not in record]
+    if missing:
+        return [f"partial record, missing {', '.join(missing)}"]
+    problems = []
+    for field in ("cell_id", "method", "dataset", "category", "attack", "profile", "created"):
+        if not isinstance(record[field], str) or not record[field]:
+            problems.append(f"{field}: expected a non-empty string, got {record[field]!r}")
+    if record["objective"] not in ("localization", "detection"):
+        problems.append(f"objective: expected localization or detection, got {record['objective']!r}")
+    if record["norm"] not in NORM_NAMES:
+        problems.append(f"norm: expected linf or l2, got {record['norm']!r}")
+    if not _is_number(record["eps"]) or record["eps"] < 0:
+        problems.append(f"eps: expected a number >= 0, got {record['eps']!r}")
+    if record["steps"] is not None and (not isinstance(record["steps"], int) or isinstance(record["steps"], bool)):
+        problems.append(f"steps: expected an integer or null, got {record['steps']!r}")
+    if failed and not isinstance(record["error"], str):
+        problems.append(f"error: expected null or a string, got {record['error']!r}")
+    if isinstance(record["created"], str) and _created(record) is None:
+        problems.append(f"created: expected an ISO time, got {record['created']!r}")
+    for phase in ("clean", "adversarial"):
+        block = record[phase]
+        if block is None and failed:
+            continue
+        if not isinstance(block, dict) or any(k not in block for k in METRIC_KEYS):
+            problems.append(f"{phase}: expected an object with {', '.join(METRIC_KEYS)}, got {block!r}")
+            continue
+        for key in METRIC_KEYS:
+            value = block[key]
+            if value is not None and not (_is_number(value) and 0 <= value <= 100):
+                problems.append(f"{phase}.{key}: expected null or a percentage in [0, 100], got {value!r}")
+    return problems
+
+
+def _created(record: dict) -> datetime | None:
+    try:
+        created = datetime.fromisoformat(record["created"])
+    except (TypeError, ValueError):
+        return None
+    return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+
+
+def unique_cells(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(one record per cell_id, the duplicates left out): the newest successful one, else the newest."""
+    best: dict[str, dict] = {}
+    dropped = []
+    for record in records:
+        kept = best.get(record["cell_id"])
+        if kept is None:
+            best[record["cell_id"]] = record
+            continue
+        rank = (record.get("error") is None, _created(record) or datetime.min.replace(tzinfo=timezone.utc))
+        kept_rank = (kept.get("error") is None, _created(kept) or datetime.min.replace(tzinfo=timezone.utc))
+        if rank > kept_rank:
+            best[record["cell_id"]] = record
+            dropped.append(kept)
+        else:
+            dropped.append(record)
+    return list(best.values()), dropped
+
+
+def load_records(results_dir) -> tuple[list[dict], list[str]]:
+    """The usable records under `<results_dir>/records/*.json`, one per cell, and the problems met.
+
+    Never raises for bad files: a corrupt, partly written, partial (missing fields) or non-record
+    JSON file is skipped and named in the problems, as is a duplicate record of a cell. Failed
+    cells (records with a non-null "error") are returned; the tables show them as missing.
+    """
+    folder = records_dir(Path(results_dir))
+    if not folder.is_dir():
+        return [], [f"{folder}: no records folder (run `bench run` first)"]
+    records, problems, origin = [], [], {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name.startswith("."):  # a temporary file of an atomic write
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError) as err:
+            problems.append(f"{path}: unreadable ({err}); skipped")
+            continue
+        except ValueError as err:
+            problems.append(f"{path}: not valid JSON, corrupt or partly written ({err}); skipped")
+            continue
+        found = record_problems(record)
+        if found:
+            problems.append(f"{path}: {'; '.join(found)}; skipped")
+            continue
+        origin[id(record)] = path
+        records.append(record)
+    records, dropped = unique_cells(records)
+    for record in dropped:
+        problems.append(f"{origin[id(record)]}: another record of cell {record['cell_id']} is newer or "
+                        f"successful; skipped")
+    return records, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Attack settings and selection
+
+
+def _parse_eps(value) -> float:
+    if _is_number(value):
+        return float(value)
+    text = str(value).strip()
+    try:
+        if "/" in text:
+            top, bottom = text.split("/")
+            return float(top) / float(bottom)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"eps filter {value!r}: expected a number or a fraction such as 8/255") from None
+
+
+def _attack_and_steps(attack: str, steps: int | None) -> tuple[str, int | None]:
+    """`pgd-1000` with steps 1000 (or null) is attack `pgd` with 1000 steps."""
+    match = re.fullmatch(r"(.+)-(\d+)", attack)
+    if match and (steps is None or steps == int(match.group(2))):
+        return match.group(1), int(match.group(2))
+    return attack, steps
+
+
+@dataclass(frozen=True, order=True)
+class AttackSetting:
+    """What makes two records comparable in one table column."""
+
+    profile: str
+    attack: str
+    steps: int
+    objective: str
+    norm: str
+    eps: float
+    eps_text: str
+
+    @classmethod
+    def of(cls, record: dict) -> "AttackSetting":
+        attack, steps = _attack_and_steps(record["attack"], record["steps"])
+        eps = round(float(record["eps"]), 6)
+        return cls(record["profile"], attack, -1 if steps is None else steps, record["objective"],
+                   record["norm"], eps, record.get("eps_text") or f"{eps:g}")
+
+    def attack_label(self) -> str:
+        name = ATTACK_NAMES.get(self.attack, self.attack)
+        return f"{name}-{self.steps}" if self.steps > 1 else name
+
+    def describe(self) -> str:
+        return (f"{self.attack_label()}, ε = {self.eps_text} ({NORM_NAMES[self.norm]}), "
+                f"{self.objective} objective, profile {self.profile}")
+
+
+def _matches(record: dict, filters: dict) -> bool:
+    setting = AttackSetting.of(record)
+    for key, wanted in filters.items():
+        if wanted is None:
+            continue
+        if key == "eps":
+            if not math.isclose(setting.eps, _parse_eps(wanted), rel_tol=1e-4, abs_tol=1e-6):
+                return False
+        elif key == "attack":
+            attack, steps = _attack_and_steps(str(wanted), None)
+            if setting.attack != attack or (steps is not None and setting.steps != steps):
+                return False
+        elif key == "steps":
+            if setting.steps != int(wanted):
+                return False
+        elif key in ("method", "dataset"):
+            if record[key] != wanted:
+                return False
+        elif getattr(setting, key) != str(getattr(wanted, "value", wanted)):
+            return False
+    return True
+
+
+def _filtered(records: list[dict], filters: dict) -> list[dict]:
+    records, _ = unique_cells(records)
+    chosen = [r for r in records if _matches(r, filters)]
+    if not chosen:
+        given = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None) or "none"
+        raise ValueError(f"no result records match the filters ({given}); {len(records)} record(s) in all")
+    return chosen
+
+
+def _most_common(records: list[dict], key, prefer=None):
+    """The most common value of key(record), among those satisfying `prefer` when any does."""
+    counts = Counter(key(r) for r in records)
+    candidates = [k for k in counts if prefer is None or prefer(k)] or list(counts)
+    return max(candidates, key=lambda k: (counts[k], k)), len(counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True)
+class Value:
+    number: float | None
+    complete: bool = True
+    bold: bool = False
+
+    def text(self) -> str:
+        if self.number is None:
+            return MISSING
+        return f"{self.number:.1f}" + ("" if self.complete else INCOMPLETE)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _metric(record: dict, phase: str, metric: str) -> float | None:
+    block = record.get(phase)
+    return None if block is None or record.get("error") is not None else block.get(metric)
+
+
+def _category_means(records: list[dict], phase: str, metric: str) -> dict[str, float | None]:
+    """Per category, the mean over seeds of one metric.
+
+    Records of one seed (e.g. several attacks, whose clean values are the same model's) are first
+    averaged together, so every seed weighs the same.
+    """
+    by_seed: dict[tuple, list] = {}
+    for record in records:
+        by_seed.setdefault((record["category"], record["seed"]), []).append(_metric(record, phase, metric))
+    by_category: dict[str, list] = {}
+    for (category, _), values in by_seed.items():
+        by_category.setdefault(category, []).append(_mean(values))
+    return {category: _mean(values) for category, values in by_category.items()}
+
+
+def _dataset_mean(records: list[dict], phase: str, metric: str, n_categories: int) -> Value:
+    values = [v for v in _category_means(records, phase, metric).values() if v is not None]
+    if not values:
+        return Value(None)
+    return Value(sum(values) / len(values), complete=len(values) >= n_categories)
+
+
+def _bold_extreme(values: list[Value], highest: bool) -> list[Value]:
+    present = [round(v.number, 1) for v in values if v.number is not None]
+    if len(present) < 2:
+        return values
+    target = max(present) if highest else min(present)
+    return [Value(v.number, v.complete, v.number is not None and round(v.number, 1) == target) for v in values]
+
+
+# ---------------------------------------------------------------------------------------------
+# Table model and rendering
+
+
+@dataclass
+class Table:
+    """Plain text cells; a cell is a list of parts joined by " / ", each a label or a Value."""
+
+    caption: str
+    header: list[str]
+    groups: list[list[list]]  # row groups, a rule between groups
+    label: str
+    header_spans: list[tuple[str, int]] | None = None  # LaTeX: a header line above `latex_header`
+    latex_header: list[str] | None = None  # LaTeX: the header under the spans (default `header`)
+    csv_only_columns: int = 0  # leading columns that only CSV shows (the caption names them)
+
+
+def _latex_text(text: str) -> str:
+    specials = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "ε": r"$\epsilon$", "∞": r"$\infty$", "³": r"\textsuperscript{3}", "–": "--", "×": r"$\times$"}
+    return "".join(specials.get(ch, ch) for ch in text)
+
+
+def _part_text(part, fmt: str) -> str:
+    if not isinstance(part, Value):
+        return _latex_text(str(part)) if fmt == "latex" else str(part)
+    text = part.text()
+    if fmt == "latex":
+        text = _latex_text(text)
+        return rf"\textbf{{{text}}}" if part.bold else text
+    if fmt == "markdown":
+        text = text.replace(INCOMPLETE, "\\" + INCOMPLETE)
+        return f"**{text}**" if part.bold else text
+    return text
+
+
+def _cell_text(cell, fmt: str) -> str:
+    parts = cell if isinstance(cell, list) else [cell]
+    return " / ".join(_part_text(p, fmt) for p in parts)
+
+
+def _shown_rows(table: Table, fmt: str) -> list[list[list[str]]]:
+    """Cell texts per group; outside CSV, leading label columns drop `csv_only_columns` and a label
+    repeated from the row above (with the same labels to its left) is left blank, as in the paper."""
+    skip = 0 if fmt == "csv" else table.csv_only_columns
+    groups = []
+    for group in table.groups:
+        rows, above = [], None
+        for row in group:
+            row = row[skip:]
+            texts = [_cell_text(c, fmt) for c in row]
+            if fmt != "csv" and above is not None:
+                for i, cell in enumerate(row):
+                    if not isinstance(cell, str) or cell != above[i]:
+                        break
+                    texts[i] = ""
+            rows.append(texts)
+            above = row
+        groups.append(rows)
+    return groups
+
+
+def _render(tables: list[Table], fmt: str) -> str:
+    if fmt == "csv":
+        rows = [row for t in tables for g in _shown_rows(t, fmt) for row in g]
+        return pd.DataFrame(rows, columns=tables[0].header).to_csv(index=False)
+    if fmt == "markdown":
+        blocks = []
+        for table in tables:
+            rows = [row for g in _shown_rows(table, fmt) for row in g]
+            body = tabulate(rows, headers=table.header[table.csv_only_columns:], tablefmt="github",
+                            disable_numparse=True)
+            blocks.append(f"{table.caption}\n\n{body}\n")
+        return "\n".join(blocks)
+    return "\n".join(_latex_table(t) for t in tables)
+
+
+def _latex_table(table: Table) -> str:
+    first_row = table.groups[0][0][table.csv_only_columns:]
+    n_labels = next((i for i, cell in enumerate(first_row) if not isinstance(cell, str)), len(first_row))
+    spec = "l" * n_labels + "c" * (len(first_row) - n_labels)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_text(table.caption)}}}",
+             rf"\label{{{table.label}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    if table.header_spans:
+        spans, rules, column = [], [], 1
+        for name, width in table.header_spans:
+            spans.append(_latex_text(name) if width == 1 else rf"\multicolumn{{{width}}}{{c}}{{{_latex_text(name)}}}")
+            if name:
+                rules.append(rf"\cmidrule(lr){{{column}-{column + width - 1}}}")
+            column += width
+        lines += [" & ".join(spans) + r" \\", "".join(rules)]
+    header = table.latex_header or table.header[table.csv_only_columns:]
+    lines.append(" & ".join(_latex_text(h) for h in header) + r" \\")
+    for group in _shown_rows(table, "latex"):
+        lines.append(r"\midrule")
+        lines += [" & ".join(row) + r" \\" for row in group]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts
+
+
+def _order_key(table: dict):
+    return lambda name: (list(dict.fromkeys(table.values())).index(table[_norm_name(name)])
+                         if _norm_name(name) in table else len(table), name)
+
+
+def _norm_name(name: str) -> str:
+    return re.sub(r"[-_ ]", "", name.lower())
+
+
+def dataset_name(name: str) -> str:
+    return DATASET_NAMES.get(_norm_name(name), name)
+
+
+def method_name(name: str) -> str:
+    return METHOD_NAMES.get(name.lower(), name)
+
+
+def category_name(name: str) -> str:
+    return " ".join(word[:1].upper() + word[1:] for word in re.split(r"[_ ]+", name))
+
+
+def _datasets(records) -> list[str]:
+    return sorted({r["dataset"] for r in records}, key=_order_key(DATASET_NAMES))
+
+
+def _methods(records) -> list[str]:
+    # the paper's order puts its own method last
+    return sorted({r["method"] for r in records}, key=lambda m: (m.lower() == "patchguard", method_name(m).lower()))
+
+
+def _incomplete_note(rows, what: str) -> str:
+    values = [p for row in rows for cell in row for p in (cell if isinstance(cell, list) else [cell])]
+    return f" {INCOMPLETE}: a mean over fewer {what} than the others." if any(
+        isinstance(v, Value) and v.number is not None and not v.complete for v in values) else ""
+
+
+def _failures_note(records) -> str:
+    failed = sum(1 for r in records if r.get("error") is not None)
+    return f" {failed} of {len(records)} cells failed and count as missing (–)." if failed else ""
+
+
+def _selection_note(n_settings: int) -> str:
+    if n_settings < 2:
+        return ""
+    return (f" Chosen as the most common of {n_settings} attack settings in the records; "
+            f"choose another with the attack, steps, objective, norm, eps and profile filters.")
+
+
+def _methods_tables(records, task, filters) -> list[Table]:
+    chosen = _filtered(records, filters)
+    setting, n_settings = _most_common(chosen, AttackSetting.of, lambda s: s.objective == TASK_OBJECTIVE[task])
+    chosen = [r for r in chosen if AttackSetting.of(r) == setting]
+    metric = TASK_METRIC[task]
+    methods = _methods(chosen)
+    rows, per_method = [], {m: {"clean": [], "adversarial": []} for m in methods}
+    for dataset in _datasets(chosen):
+        of_dataset = [r for r in chosen if r["dataset"] == dataset]
+        n_categories = len({r["category"] for r in of_dataset})
+        cells = {}
+        for method in methods:
+            mine = [r for r in of_dataset if r["method"] == method]
+            cells[method] = {phase: _dataset_mean(mine, phase, metric, n_categories) if mine else Value(None)
+                             for phase in ("clean", "adversarial")}
+        nothing = all(v.number is None for c in cells.values() for v in c.values())
+        if nothing and not any(r.get("error") for r in of_dataset):
+            continue  # a metric the dataset cannot have (pixel AUROC without masks)
+        for method in methods:
+            for phase in ("clean", "adversarial"):
+                per_method[method][phase].append(cells[method][phase])
+        adversarial = _bold_extreme([cells[m]["adversarial"] for m in methods], highest=True)
+        rows.append([dataset_name(dataset)] + [[cells[m]["clean"], a] for m, a in zip(methods, adversarial)])
+    if not rows:
+        raise ValueError(f"no {metric} values in the selected records ({setting.describe()})")
+
+    def average(values: list[Value], n_datasets: int) -> Value:
+        present = [v for v in values if v.number is not None]
+        if not present:
+            return Value(None)
+        complete = len(present) >= n_datasets and all(v.complete for v in present)
+        return Value(sum(v.number for v in present) / len(present), complete)
+
+    averages = {}
+    for phase in ("clean", "adversarial"):
+        n_datasets = sum(any(per_method[m][phase][i].number is not None for m in methods) for i in range(len(rows)))
+        averages[phase] = [average(per_method[m][phase], n_datasets) for m in methods]
+    adversarial = _bold_extreme(averages["adversarial"], highest=True)
+    average_row = ["Average"] + [[c, a] for c, a in zip(averages["clean"], adversarial)]
+    what = "Detection (image" if task == "ad" else "Localization (pixel"
+    caption = (f"{what} AUROC, %) as clean / adversarial under {setting.describe()}; a dataset's value is the "
+               f"mean over its categories; the best adversarial value of each row is bold."
+               + _incomplete_note(rows + [average_row], "categories or datasets") + _selection_note(n_settings)
+               + _failures_note(chosen))
+    return [Table(caption, ["Dataset"] + [method_name(m) for m in methods], [rows, [average_row]],
+                  f"tab:robustad-methods-{task}")]
+
+
+def _categories_tables(records, filters) -> list[Table]:
+    chosen = _filtered(records, filters)
+    setting, n_settings = _most_common(chosen, AttackSetting.of)
+    chosen = [r for r in chosen if AttackSetting.of(r) == setting]
+    columns = [("clean", "image_auroc"), ("adversarial", "image_auroc"), ("clean", "pixel_auroc"),
+               ("adversarial", "pixel_auroc")]
+    tables = []
+    for method in _methods(chosen):
+        for dataset in _datasets(chosen):
+            mine = [r for r in chosen if r["method"] == method and r["dataset"] == dataset]
+            if not mine:
+                continue
+            means = [_category_means(mine, phase, metric) for phase, metric in columns]
+            categories = sorted(means[0])
+            rows = [[method_name(method), dataset_name(dataset), category_name(c)] + [Value(m[c]) for m in means]
+                    for c in categories]
+            average = [Value(_mean(m.values()), complete=all(v is not None for v in m.values())) for m in means]
+            caption = (f"Per-category AUROC (%) of {method_name(method)} on {dataset_name(dataset)}, clean and "
+                       f"adversarial, under {setting.describe()}." + _incomplete_note([average], "categories")
+                       + _selection_note(n_settings)
+                       + _failures_note(mine))
+            tables.append(Table(caption, ["Method", "Dataset", "Category", "Image clean", "Image adversarial",
+                                          "Pixel clean", "Pixel adversarial"],
+                                [rows, [[method_name(method), dataset_name(dataset), "Average"] + average]],
+                                f"tab:robustad-categories-{_norm_name(method)}-{_norm_name(dataset)}",
+                                header_spans=[("", 1), ("Image-level AUROC (%)", 2), ("Pixel-level AUROC (%)", 2)],
+                                latex_header=["Category", "Clean", "Adversarial", "Clean", "Adversarial"],
+                                csv_only_columns=2))
+    return tables
+
+
+def _attacks_tables(records, filters) -> list[Table]:
+    chosen = _filtered(records, filters)
+    profile, _ = _most_common(chosen, lambda r: r["profile"])
+    chosen = [r for r in chosen if r["profile"] == profile]
+    settings = sorted({AttackSetting.of(r) for r in chosen},
+                      key=lambda s: (list(ATTACK_NAMES).index(s.attack) if s.attack in ATTACK_NAMES else len(ATTACK_NAMES),
+                                     s.attack, s.norm, s.eps, s.objective, s.steps))
+    varying = {f for f in ("objective", "norm", "eps_text") if len({getattr(s, f) for s in settings}) > 1}
+
+    def column(s: AttackSetting) -> str:
+        extra = [NORM_NAMES[s.norm]] if "norm" in varying else []
+        extra += [s.eps_text] if "eps_text" in varying else []
+        extra += [s.objective[:3] + "."] if "objective" in varying else []
+        return s.attack_label() + (f" ({', '.join(extra)})" if extra else "")
+
+    methods = _methods(chosen)
+    groups = []
+    for method in methods:
+        for dataset in _datasets(chosen):
+            mine = [r for r in chosen if r["method"] == method and r["dataset"] == dataset]
+            if not mine:
+                continue
+            n_categories = len({r["category"] for r in chosen if r["dataset"] == dataset})
+            group = []
+            for task in TASKS:
+                metric = TASK_METRIC[task]
+                clean = _dataset_mean(mine, "clean", metric, n_categories)
+                attacked = [_dataset_mean([r for r in mine if AttackSetting.of(r) == s], "adversarial", metric,
+                                          n_categories) for s in settings]
+                if clean.number is None and all(v.number is None for v in attacked) and not _failures_note(mine):
+                    continue
+                labels = ([method_name(method)] if len(methods) > 1 else []) + [dataset_name(dataset), task.upper()]
+                group.append(labels + [clean] + _bold_extreme(attacked, highest=False))
+            if group:
+                groups.append(group)
+    if not groups:
+        raise ValueError("no AUROC values in the selected records")
+    header = (["Method"] if len(methods) > 1 else []) + ["Dataset", "Task", "Clean"] + [column(s) for s in settings]
+    common = settings[0]
+    fixed = [f"ε = {common.eps_text} ({NORM_NAMES[common.norm]})"] if not {"norm", "eps_text"} & varying else []
+    fixed += [f"{common.objective} objective"] if "objective" not in varying else []
+    caption = (f"AUROC (%) under each attack (profile {profile}" + "".join(f", {f}" for f in fixed) + "); AD: image "
+               f"AUROC, AL: pixel AUROC; the strongest attack of each row (lowest AUROC) is bold."
+               + _incomplete_note([row for g in groups for row in g], "categories") + _failures_note(chosen))
+    return [Table(caption, header, groups, "tab:robustad-attacks")]
+
+
+def build_table(records: list[dict], *, layout: str = "methods", task: str = "ad", fmt: str = "latex",
+                method: str | None = None, dataset: str | None = None, attack: str | None = None,
+                steps: int | None = None, objective: str | None = None, norm: str | None = None,
+                eps: float | str | None = None, profile: str | None = None) -> str:
+    """The table of `records` in a layout (methods|categories|attacks) and format (latex|markdown|csv).
+
+    task: ad (image AUROC) or al (pixel AUROC), used by the `methods` layout. The keyword filters
+    keep only matching records (`attack` may carry its steps, e.g. "pgd-1000"; `eps` a number or
+    "8/255"); see the module docstring for what each layout does with several attack settings.
+    LaTeX uses booktabs rules. Raises ValueError when no record matches.
+    """
+    for name, value, valid in (("layout", layout, LAYOUTS), ("task", task, TASKS), ("fmt", fmt, FORMATS)):
+        if value not in valid:
+            raise ValueError(f"{name} {value!r}: expected one of {', '.join(valid)}")
+    filters = dict(method=method, dataset=dataset, attack=attack, steps=steps, objective=objective, norm=norm,
+                   eps=eps, profile=profile)
+    if layout == "methods":
+        tables = _methods_tables(records, task, filters)
+    elif layout == "categories":
+        tables = _categories_tables(records, filters)
+    else:
+        tables = _attacks_tables(records, filters)
+    return _render(tables, fmt)
+
+
+def table_path(results_dir, layout: str, task: str, fmt: str) -> Path:
+    """`<results>/tables/<layout>[_<task>].<tex|md|csv>` (the task only for the methods layout)."""
+    name = f"{layout}_{task}" if layout == "methods" else layout
+    return Path(results_dir).expanduser().resolve() / "tables" / f"{name}.{EXTENSIONS[fmt]}"
+
+
+def write_tables(results_dir, layout: str = "methods", task: str = "ad", fmt: str = "latex", *,
+                 records: list[dict] | None = None, **filters) -> list[Path]:
+    """Builds the table from the records under `results_dir` (or `records`) and writes it under
+    `<results>/tables/`; returns the paths written. Bad record files are skipped (see `load_records`)."""
+    if records is None:
+        records, _ = load_records(results_dir)
+    if not records:
+        raise ValueError(f"no usable result records under {records_dir(Path(results_dir))}; run `bench run` first")
+    text = build_table(records, layout=layout, task=task, fmt=fmt, **filters)
+    path = table_path(results_dir, layout, task, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return [path]
+
+
+def format_cell_result(record: dict) -> str:
+    """One record as a small text table (clean vs adversarial image/pixel AUROC and AUPRO)."""
+    setting = AttackSetting.of(record)
+    head = (f"{method_name(record['method'])} on {dataset_name(record['dataset'])}/{record['category']}, "
+            f"{setting.describe()}, seed {record['seed']}")
+    if record.get("error") is not None:
+        return f"{head}\nFAILED: {record['error']}"
+    rows = [[title] + [Value(_metric(record, phase, key)).text() for phase in ("clean", "adversarial")]
+            for title, key in (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"),
+                               ("pixel AUPRO", "pixel_aupro"))]
+    body = tabulate(rows, headers=["metric (%)", "clean", "adversarial"], tablefmt="simple", disable_numparse=True,
+                    colalign=("left", "right", "right"))
+    counts = f"{record.get('n_test', '?')} test images ({record.get('n_test_anomalous', '?')} anomalous)"
+    return f"{head}\n{body}\n{counts}"
