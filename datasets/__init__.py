@@ -5,6 +5,14 @@ from robustad.datasets.registry import DATASETS, create_dataset, list_categories
 
 # Registered datasets (explicit imports fill the registry).
 from robustad.datasets import mvtec  # noqa: E402,F401  isort: skip
+from robustad.datasets import visa  # noqa: E402,F401  isort: skip
+from robustad.datasets import btad  # noqa: E402,F401  isort: skip
+from robustad.datasets import mpdd  # noqa: E402,F401  isort: skip
+from robustad.datasets import wfdd  # noqa: E402,F401  isort: skip
+from robustad.datasets import dtd_synthetic  # noqa: E402,F401  isort: skip
+from robustad.datasets import brats2021  # noqa: E402,F401  isort: skip
+from robustad.datasets import headct  # noqa: E402,F401  isort: skip
+from robustad.datasets import folder  # noqa: E402,F401  isort: skip
 from robustad.datasets import textures  # noqa: E402,F401  isort: skip
 
 __all__ = [

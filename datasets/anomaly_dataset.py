@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch.utils.data import Dataset
 
-from robustad.datasets.image_io import DatasetError, load_image, load_mask
+from robustad.datasets.image_io import DatasetError, load_image, load_mask, read_image_size
 
 
 SPLITS = ("train", "test")
@@ -31,13 +31,23 @@ class DatasetFormat:
     """One on-disk layout: lists categories and samples, reads images and masks.
 
     Subclasses set `name`, `known_categories`, `layout` (a one-line description of the expected
-    tree, used in error messages) and implement `categories` and `samples`.
+    tree, used in error messages) and implement `categories` and either `scan` (preferred: it
+    reports every problem of a tree, which `bench data info` lists) or `samples`.
+
+    Foreground masks: PatchGuard's official code ships precomputed foreground masks for the
+    training images of some datasets (`<category>/train/foreground_mask/<image name>` for MVTec
+    AD, MPDD and BTAD, `<category>/Data/Images/foreground_mask/<image name>` for VisA,
+    `train/foreground_mask/<image name>` for the exported BraTS2021 and Head-CT slices).
+    `foreground_mask(sample)` returns that file when it exists, else None; `whole_image_foreground`
+    is True for texture datasets (WFDD, DTD-Synthetic), where the official code treats the whole
+    image as foreground.
     """
 
     name: ClassVar[str] = "format"
     layout: ClassVar[str] = ""
     known_categories: ClassVar[tuple[str, ...]] = ()
     has_masks: ClassVar[bool] = True
+    whole_image_foreground: ClassVar[bool] = False
     default_root: ClassVar[str | None] = None
 
     def __init__(self, root):
@@ -51,13 +61,45 @@ class DatasetFormat:
         raise NotImplementedError
 
     def samples(self, category: str, split: str) -> list[Sample]:
-        raise NotImplementedError
+        """The samples of one category and split, in a deterministic order; raises DatasetError
+        naming the first problem found (a missing mask, a missing folder)."""
+        if type(self).scan is DatasetFormat.scan:
+            raise NotImplementedError(f"{type(self).__name__} implements neither samples() nor scan()")
+        found, problems = self.scan(category, split)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems: run `bench data info`)" if len(problems) > 1 else ""
+            raise DatasetError(problems[0] + more)
+        return found
+
+    def scan(self, category: str, split: str) -> tuple[list[Sample], list[str]]:
+        """(samples, problems): like `samples`, but collects every problem instead of raising.
+
+        Samples with a problem (an anomalous image without its mask) are left out of the list.
+        """
+        if type(self).samples is DatasetFormat.samples:
+            raise NotImplementedError(f"{type(self).__name__} implements neither samples() nor scan()")
+        try:
+            return self.samples(category, split), []
+        except DatasetError as err:
+            return [], [str(err)]
 
     def load_image(self, sample: Sample, size: int | None) -> torch.Tensor:
         return load_image(sample.image, size)
 
     def load_mask(self, sample: Sample, size: int | None) -> torch.Tensor:
         return load_mask(sample.mask, size)
+
+    def image_dimensions(self, sample: Sample) -> tuple[int, int]:
+        """(width, height) of the sample's image, read from its header only."""
+        return read_image_size(sample.image)
+
+    def mask_dimensions(self, sample: Sample) -> tuple[int, int]:
+        """(width, height) of the sample's mask, read from its header only."""
+        return read_image_size(sample.mask)
+
+    def foreground_mask(self, sample: Sample) -> Path | None:
+        """The official code's precomputed foreground mask of a training image, or None."""
+        return None
 
     def check_category(self, category: str) -> None:
         valid = self.categories()
@@ -94,6 +136,11 @@ class AnomalyDataset(Dataset):
         else:
             mask = torch.zeros(1, *image.shape[1:])
         return {"image": image, "label": int(sample.label), "mask": mask, "path": str(sample.image)}
+
+    def foreground_mask(self, index: int) -> torch.Tensor | None:
+        """(1, H, W) {0, 1} precomputed foreground mask of item `index` (see DatasetFormat), or None."""
+        path = self.format.foreground_mask(self.samples[index])
+        return None if path is None else load_mask(path, self.image_size)
 
     @property
     def labels(self) -> list[int]:

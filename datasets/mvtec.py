@@ -4,8 +4,10 @@
     <root>/<category>/test/good/*.png
     <root>/<category>/test/<defect>/*.png
     <root>/<category>/ground_truth/<defect>/<name>_mask.png
+    <root>/<category>/train/foreground_mask/<name>.png   (optional; PatchGuard's official masks)
 
-Every anomalous test image must have its mask (a missing one is an error naming the image).
+Every anomalous test image must have its mask (a missing one is an error naming the image). MPDD,
+WFDD, DTD-Synthetic, BTAD, converted VisA and the `folder` dataset reuse `MVTecLayout`.
 """
 from __future__ import annotations
 
@@ -22,42 +24,79 @@ MVTEC_CATEGORIES = (
 
 
 class MVTecLayout(DatasetFormat):
-    """Base for every dataset shipped in MVTec AD's folder layout."""
+    """Base for every dataset shipped in MVTec AD's folder layout.
+
+    Subclasses may change `normal_folder` ("good"; BTAD uses "ok") and `mask_suffixes` (the
+    stem suffixes tried, in order, for `ground_truth/<defect>/<stem><suffix>.<any image ext>`).
+    """
 
     layout = "<root>/<category>/{train/good, test/good, test/<defect>, ground_truth/<defect>/<name>_mask.png}"
     normal_folder = "good"
-    mask_suffixes = ("_mask",  "")
+    mask_suffixes: tuple[str, ...] = ("_mask", "")
+    foreground_folder = "foreground_mask"
+
+    def category_dir(self, category: str) -> Path:
+        return self.root / category
 
     def categories(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
+        return sorted(
+            p.name for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and ((p / "train").is_dir() or (p / "test").is_dir())
+        )
 
-    def samples(self, category: str, split: str) -> list[Sample]:
-        base = self.root / category
+    def scan(self, category: str, split: str) -> tuple[list[Sample], list[str]]:
+        base = self.category_dir(category)
         if split == "train":
-            return [Sample(str(p), 0) for p in list_images(base / "train" / self.normal_folder)]
+            folder = base / "train" / self.normal_folder
+            if not folder.is_dir():
+                return [], [f"{folder} does not exist (expected layout: {self.layout})"]
+            return [Sample(str(p), 0) for p in list_images(folder)], []
         test = base / "test"
         if not test.is_dir():
-            raise DatasetError(f"{test} does not exist (expected layout: {self.layout})")
-        out: list[Sample] = []
-        for folder in sorted(p for p in test.iterdir() if p.is_dir()):
+            return [], [f"{test} does not exist (expected layout: {self.layout})"]
+        found: list[Sample] = []
+        problems: list[str] = []
+        for folder in sorted(p for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")):
             normal = folder.name == self.normal_folder
             for image in list_images(folder):
                 if normal:
-                    out.append(Sample(str(image), 0))
+                    found.append(Sample(str(image), 0))
+                    continue
+                mask = self.find_mask(base, folder.name, image)
+                if mask is None:
+                    expected = base / "ground_truth" / folder.name / f"{image.stem}{self.mask_suffixes[0]}.png"
+                    problems.append(f"no mask for anomalous image {image}: expected {expected}")
                 else:
-                    out.append(Sample(str(image), 1, str(self.find_mask(base, folder.name, image)), folder.name))
-        return out
+                    found.append(Sample(str(image), 1, str(mask), folder.name))
+        return found, problems
 
-    def find_mask(self, base: Path, defect: str, image: Path) -> Path:
+    def find_mask(self, base: Path, defect: str, image: Path) -> Path | None:
         folder = base / "ground_truth" / defect
         for suffix in self.mask_suffixes:
             for ext in IMAGE_SUFFIXES:
                 for candidate in (folder / f"{image.stem}{suffix}{ext}", folder / f"{image.stem}{suffix}{ext.upper()}"):
                     if candidate.is_file():
                         return candidate
-        raise DatasetError(
-            f"no mask for anomalous image {image}: expected {folder / (image.stem + '_mask.png')}"
-        )
+        return None
+
+    def foreground_mask(self, sample: Sample) -> Path | None:
+        """`<category>/train/foreground_mask/<image name>` (or the same stem, any image extension)."""
+        image = Path(sample.image)
+        if sample.label != 0 or image.parent.parent.name != "train":
+            return None
+        return find_same_stem(image.parent.parent / self.foreground_folder, image)
+
+
+def find_same_stem(folder: Path, image: Path) -> Path | None:
+    """`folder/<image name>`, else `folder/<image stem>.<any image extension>`, else None."""
+    exact = folder / image.name
+    if exact.is_file():
+        return exact
+    for ext in IMAGE_SUFFIXES:
+        for candidate in (folder / f"{image.stem}{ext}", folder / f"{image.stem}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 @register_dataset("mvtec")
