@@ -205,6 +205,7 @@ def generate_textures(root=None, seed: int = 0, n_train: int = 64, n_test_good: 
 
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the finished tree is an ordinary shared folder
     try:
         import skimage
 
@@ -222,9 +223,9 @@ def generate_textures(root=None, seed: int = 0, n_train: int = 64, n_test_good: 
         manifest = {**wanted, "defect_kinds": list(DEFECT_KINDS), "skimage_version": skimage.__version__,
                     "files": dict(sorted(files.items()))}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if root.is_dir():
-            root.rmdir()  # an empty folder the user named with --root; rename cannot replace it everywhere
         try:
+            if root.is_dir():
+                root.rmdir()  # an empty folder the user named with --root; rename cannot replace it everywhere
             staging.rename(root)
         except OSError:
             if read_manifest(root) is None:  # not another process finishing the same tree first

@@ -179,6 +179,25 @@ def test_a_crash_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     assert (generate_textures(root, categories=("brick",), **SMALL) / "manifest.json").is_file()
 
 
+def test_another_process_finishing_first_is_not_an_error(tmp_path, monkeypatch):
+    root = tmp_path / "tree"
+    real = textures_module.write_png
+    state = {"raced": False}
+
+    def other_process_wins(path, array):
+        if not state["raced"]:
+            state["raced"] = True
+            monkeypatch.setattr(textures_module, "write_png", real)
+            generate_textures(root, categories=("brick",), **SMALL)  # completes while we are still writing
+            monkeypatch.setattr(textures_module, "write_png", other_process_wins)
+        real(path, array)
+
+    monkeypatch.setattr(textures_module, "write_png", other_process_wins)
+    assert generate_textures(root, categories=("brick",), **SMALL) == root.resolve()
+    assert state["raced"] and textures_module.read_manifest(root) is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["tree"]  # our staging folder was removed
+
+
 def test_a_half_written_folder_is_never_used(tmp_path):
     half = tmp_path / "half"
     (half / "brick/train/good").mkdir(parents=True)
