@@ -146,6 +146,22 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from robustad.bench.runner import CellSpec
+    from robustad.bench.soundness import run_soundness
+    from robustad.datasets import list_categories
+
+    category = args.category or list_categories(args.dataset, args.root)[0]
+    spec = CellSpec(method=args.method, dataset=args.dataset, category=category, attack="pgd", norm=args.norm,
+                    eps=parse_eps(args.eps), eps_text=args.eps, steps=args.steps, seed=args.seed,
+                    profile=args.profile, objective=args.objective, root=args.root,
+                    config=parse_config_items(args.config))
+    outcome, report = run_soundness(spec, results=args.results, device=args.device, max_images=args.max_images,
+                                    margin=args.margin, log=lambda m: print(m, file=sys.stderr))
+    print(report)
+    return 1 if any(r.passed is False for r in outcome) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Adversarial robustness benchmark for anomaly detection and localization")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--layout", default="methods", choices=["methods", "categories", "attacks"])
     table.add_argument("--task", default="ad", choices=["ad", "al"])
     table.set_defaults(func=cmd_table)
+
+    check = sub.add_parser("check", help="soundness checks of the evaluation of one method")
+    check.add_argument("--method", required=True)
+    check.add_argument("--dataset", required=True)
+    check.add_argument("--root", default=None)
+    check.add_argument("--category", default=None, help="default: the first category")
+    check.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    check.add_argument("--eps", default="8/255", type=eps_argument)
+    check.add_argument("--steps", type=int, default=None, help="PGD steps of the checks (default: profile's)")
+    check.add_argument("--objective", default="localization", choices=["localization", "detection"])
+    check.add_argument("--profile", default="quick", choices=["quick", "paper"])
+    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--results", default=DEFAULT_RESULTS)
+    check.add_argument("--device", default="cpu")
+    check.add_argument("--config", action="append", metavar="KEY=VALUE")
+    check.add_argument("--max-images", dest="max_images", type=int, default=32)
+    check.add_argument("--margin", type=float, default=1.0, help="noise margin in AUROC points (default 1.0)")
+    check.set_defaults(func=cmd_check)
 
     listing = sub.add_parser("list", help="list registered methods, attacks and datasets")
     listing.add_argument("kind", nargs="?", choices=["methods", "attacks", "datasets"])

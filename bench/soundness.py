@@ -1,0 +1,179 @@
+"""`bench check`: is an evaluation sound? (DESIGN.md, "Evaluation must be sound")
+
+Runs a battery of checks on one trained detector (the runner's checkpoint cache is shared) and
+reports each as pass / fail / skipped with its figures:
+
+- every attack stays inside the ε-ball and [0, 1];
+- more PGD steps, or more restarts, never give a higher adversarial AUROC than fewer (beyond
+  `margin` points);
+- AUROC does not rise as ε grows, and it collapses at a large ε;
+- the same method trained without adversarial training collapses (when its config has `adv_train`);
+- the black-box attack (SimBA) is not stronger than white-box PGD (else: gradient masking);
+- input gradients are non-zero and finite; the detector is deterministic.
+
+The AUROC checked is the one the objective targets: pixel AUROC for localization, image AUROC for
+detection (or when the dataset has no masks).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustad.attacks import ThreatModelViolation, create_attack, parse_eps
+from robustad.bench.checks import cheap_checks
+from robustad.bench.profiles import Profile
+from robustad.bench.records import write_json_atomic
+from robustad.bench.runner import CellSpec, evaluate, fit_or_load
+from robustad.datasets import create_dataset
+from robustad.methods import create_method
+
+COLLAPSE_BELOW = 30.0  # AUROC (%) under which a model counts as collapsed
+
+
+@dataclasses.dataclass
+class CheckResult:
+    name: str
+    passed: bool | None  # None: skipped
+    figures: dict[str, Any]
+    detail: str = ""
+
+    @property
+    def status(self) -> str:
+        return "skip" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+
+class SoundnessCheck:
+    """Holds one trained detector and its test images; each method runs one check."""
+
+    def __init__(self, spec: CellSpec, *, results="results", device="cpu", max_images: int = 32,
+                 margin: float = 1.0, log=print):
+        self.spec = spec
+        self.results = Path(results).expanduser().resolve()
+        self.device = torch.device(device)
+        self.margin = margin
+        self.log = log
+        self.detector = create_method(spec.method, profile=spec.profile, **spec.config_overrides)
+        self.train_set = create_dataset(spec.dataset, root=spec.root, category=spec.category, split="train",
+                                        image_size=self.detector.image_size)
+        self.test_set = create_dataset(spec.dataset, root=spec.root, category=spec.category, split="test",
+                                       image_size=self.detector.image_size)
+        self.detector.to(self.device)
+        fit_or_load(self.detector, spec, self.results, self.train_set, log)
+        self.detector.eval()
+        self.max_images = max_images
+        self.metric = ("pixel_auroc" if spec.objective == "localization" and self.test_set.has_masks
+                       else "image_auroc")
+        self.steps = spec.resolved_steps() or 10
+
+    def adversarial(self, attack_name: str, detector=None, **options) -> tuple[float, float]:
+        """(clean, adversarial) AUROC of the checked metric under one attack configuration."""
+        options = {"norm": self.spec.norm, "eps": self.spec.eps, "seed": self.spec.seed,
+                   "objective": self.spec.objective, **options}
+        attack = create_attack(attack_name, **options)
+        out = evaluate(detector or self.detector, self.test_set, attack, batch_size=16, device=self.device,
+                       max_images=self.max_images, progress=False)
+        return out["clean"][self.metric], out["adversarial"][self.metric]
+
+    # -- the checks --------------------------------------------------------------------------
+    def inside_threat_model(self, attacks=("fgsm", "pgd", "simba")) -> CheckResult:
+        figures, failures = {}, []
+        for name in attacks:
+            try:
+                figures[name] = round(self.adversarial(name, steps=None if name == "fgsm" else self.steps)[1], 2)
+            except ThreatModelViolation as err:
+                failures.append(f"{name}: {err}")
+            except KeyError:
+                figures[name] = "not registered"
+        return CheckResult("inside_threat_model", not failures, figures, "; ".join(failures))
+
+    def more_steps_not_weaker(self) -> CheckResult:
+        few, many = max(1, self.steps // 5), self.steps
+        a = self.adversarial("pgd", steps=few)[1]
+        b = self.adversarial("pgd", steps=many)[1]
+        return CheckResult("more_steps_not_weaker", b <= a + self.margin,
+                           {f"pgd-{few}": round(a, 2), f"pgd-{many}": round(b, 2)})
+
+    def more_restarts_not_weaker(self) -> CheckResult:
+        a = self.adversarial("pgd", steps=self.steps, random_start=True, restarts=1)[1]
+        b = self.adversarial("pgd", steps=self.steps, random_start=True, restarts=3)[1]
+        return CheckResult("more_restarts_not_weaker", b <= a + self.margin, {"restarts=1": round(a, 2), "restarts=3": round(b, 2)})
+
+    def eps_monotone_and_collapse(self) -> list[CheckResult]:
+        eps = self.spec.eps
+        grid = [0.0, eps / 2, eps, 2 * eps, 8 * eps]
+        values = [self.adversarial("pgd", steps=self.steps, eps=e)[1] for e in grid]
+        figures = {f"eps={e * 255:.1f}/255": round(v, 2) for e, v in zip(grid, values)}
+        monotone = all(b <= a + self.margin for a, b in zip(values, values[1:]))
+        return [
+            CheckResult("auroc_falls_with_eps", monotone, figures),
+            CheckResult("collapses_at_large_eps", values[-1] < COLLAPSE_BELOW,
+                        {f"eps={grid[-1] * 255:.1f}/255": round(values[-1], 2), "threshold": COLLAPSE_BELOW}),
+        ]
+
+    def undefended_collapses(self) -> CheckResult:
+        fields = self.detector.config_dict()
+        if "adv_train" not in fields:
+            return CheckResult("undefended_collapses", None, {}, "the method has no adv_train field")
+        overrides = {**self.spec.config_overrides, "adv_train": False}
+        spec = dataclasses.replace(self.spec, config=tuple(sorted(overrides.items())))
+        undefended = create_method(spec.method, profile=spec.profile, **overrides).to(self.device)
+        fit_or_load(undefended, spec, self.results, self.train_set, self.log)
+        undefended.eval()
+        clean, adv = self.adversarial("pgd", detector=undefended, steps=self.steps)
+        return CheckResult("undefended_collapses", adv < COLLAPSE_BELOW,
+                           {"clean": round(clean, 2), "adversarial": round(adv, 2), "threshold": COLLAPSE_BELOW})
+
+    def blackbox_not_stronger(self) -> CheckResult:
+        try:
+            black = self.adversarial("simba", steps=max(100, self.steps * 10))[1]
+        except KeyError:
+            return CheckResult("blackbox_not_stronger", None, {}, "simba is not registered")
+        white = self.adversarial("pgd", steps=self.steps)[1]
+        return CheckResult("blackbox_not_stronger", black >= white - self.margin,
+                           {"simba": round(black, 2), "pgd": round(white, 2)},
+                           "" if black >= white - self.margin else "black-box beats white-box: gradient masking?")
+
+    def gradients_and_determinism(self) -> list[CheckResult]:
+        batch = [self.test_set[i] for i in range(min(8, len(self.test_set)))]
+        images = torch.stack([b["image"] for b in batch]).to(self.device)
+        masks = torch.stack([b["mask"] for b in batch]).to(self.device)
+        c = cheap_checks(self.detector, images, masks)
+        return [
+            CheckResult("input_gradients_nonzero", c["zero_gradient_fraction"] == 0 and c["gradient_finite"],
+                        {"zero_gradient_fraction": c["zero_gradient_fraction"], "finite": c["gradient_finite"]}),
+            CheckResult("deterministic", not c["randomized"], {"forward_max_difference": c["forward_max_difference"]}),
+        ]
+
+    def run_all(self) -> list[CheckResult]:
+        results = [*self.gradients_and_determinism(), self.inside_threat_model(), self.more_steps_not_weaker(),
+                   self.more_restarts_not_weaker(), *self.eps_monotone_and_collapse(), self.undefended_collapses(),
+                   self.blackbox_not_stronger()]
+        return results
+
+
+def format_report(spec: CellSpec, metric: str, results: list[CheckResult]) -> str:
+    lines = [f"soundness checks: {spec.method} on {spec.dataset}/{spec.category}, {spec.norm} eps {spec.eps_text}, "
+             f"objective {spec.objective} ({metric} in %)"]
+    width = max(len(r.name) for r in results)
+    for r in results:
+        figures = ", ".join(f"{k} {v}" for k, v in r.figures.items())
+        lines.append(f"  {r.status:4}  {r.name.ljust(width)}  {figures}" + (f"  [{r.detail}]" if r.detail else ""))
+    failed = sum(r.passed is False for r in results)
+    lines.append(f"{sum(r.passed is True for r in results)} passed, {failed} failed, "
+                 f"{sum(r.passed is None for r in results)} skipped")
+    return "\n".join(lines)
+
+
+def run_soundness(spec: CellSpec, *, results="results", device="cpu", max_images=32, margin=1.0, log=print):
+    """Runs every check, writes `<results>/checks/<cell_id>.json` and returns (results, report text)."""
+    check = SoundnessCheck(spec, results=results, device=device, max_images=max_images, margin=margin, log=log)
+    outcome = check.run_all()
+    report = format_report(spec, check.metric, outcome)
+    write_json_atomic(Path(results).expanduser().resolve() / "checks" / f"{spec.cell_id()}.json",
+                      {"cell_id": spec.cell_id(), "metric": check.metric, "margin": margin,
+                       "checks": [dataclasses.asdict(r) | {"status": r.status} for r in outcome]})
+    return outcome, report

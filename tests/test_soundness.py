@@ -1,0 +1,44 @@
+"""`bench check` on the tiny undefended detector, and the flags for masked / randomized models."""
+import torch
+
+from robustad.bench.checks import cheap_checks
+from robustad.bench.runner import CellSpec
+from robustad.bench.soundness import SoundnessCheck
+from tests.tiny_detector import TinyDetector
+
+
+class GradientMaskedDetector(TinyDetector):
+    """Quantizes its input: the gradient is zero everywhere (a classic gradient-masking defense)."""
+
+    def forward(self, images):
+        return super().forward(torch.round(images * 4) / 4)
+
+
+class RandomizedDetector(TinyDetector):
+    def forward(self, images):
+        return super().forward(images + 0.05 * torch.randn_like(images))
+
+
+def test_cheap_checks_flag_masking_and_randomness(trained_tiny):
+    detector, images, masks, _ = trained_tiny
+    sound = cheap_checks(detector, images[:4], masks[:4])
+    assert sound["zero_gradient_fraction"] == 0 and not sound["randomized"] and not sound["warnings"]
+    masked = GradientMaskedDetector()
+    masked.load_state_dict(detector.state_dict())
+    flagged = cheap_checks(masked, images[:4], masks[:4])
+    assert flagged["zero_gradient_fraction"] == 1.0 and flagged["warnings"]
+    noisy = RandomizedDetector()
+    noisy.load_state_dict(detector.state_dict())
+    assert cheap_checks(noisy, images[:4], masks[:4])["randomized"]
+
+
+def test_soundness_checks_pass_on_an_undefended_model(mvtec_root, tmp_path):
+    spec = CellSpec(method="tests.tiny_detector:TinyDetector", dataset="mvtec", category="alpha",
+                    root=str(mvtec_root), steps=10)
+    check = SoundnessCheck(spec, results=tmp_path, max_images=12, log=lambda m: None)
+    steps = check.more_steps_not_weaker()
+    assert steps.passed, steps.figures
+    monotone, collapse = check.eps_monotone_and_collapse()
+    assert monotone.passed, monotone.figures
+    assert collapse.passed, collapse.figures
+    assert check.undefended_collapses().passed is None  # no adv_train field: skipped, not passed
