@@ -6,6 +6,18 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Generated datasets and foreground maps go to a temporary cache, never the user's."""
+    old = os.environ.get("ROBUSTAD_CACHE")
+    os.environ["ROBUSTAD_CACHE"] = str(tmp_path_factory.mktemp("robustad-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ROBUSTAD_CACHE", None)
+    else:
+        os.environ["ROBUSTAD_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def mvtec_root(tmp_path_factory):
     from tests.synthetic import write_mvtec_tree
