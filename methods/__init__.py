@@ -4,6 +4,7 @@ from robustad.methods.detector import Detector, DetectorConfig
 from robustad.methods.registry import METHODS, create_method, register_method, resolve_method
 
 # Registered methods (explicit imports fill the registry).
+from robustad.methods import patchguard  # noqa: E402,F401  isort: skip
 from robustad.methods import baselines  # noqa: E402,F401  isort: skip
 
 __all__ = [

@@ -1,0 +1,112 @@
+"""PatchGuard's training loss and adversarial training step (paper §5.2-5.3, eq. 3-7).
+
+Each step takes a batch of normal images x (targets all 0) and their pseudo anomalies x' (targets
+from the pseudo-anomaly masks), crafts x_adv and x'_adv with PGD inside the L∞ ε-ball (ε = 8/255,
+10 steps, step 2.5·ε/steps, no random start) and minimizes the sum of the losses of the four
+batches, L(x) + L(x_adv) + L(x') + L(x'_adv) (the official code's train_step), with
+L = Σ_patches BCE + α·R (eq. 5), averaged over the images of each batch.
+
+The training attack. Eq. 6 maximizes L itself; the official code's `pgd_attack` (like our test-time
+attack) maximizes the label-flipping margin loss: mean logit of normal patches − mean logit of
+anomalous patches. We follow the code and reuse the evaluation engine (`robustad.attacks.pgd.PGD`
+on an `AttackObjective` with the pseudo-anomaly patch targets, parameters frozen): the BCE part of L
+saturates on a confident model (DESIGN.md, "measured while planning"), so PGD on it finds weaker
+points than the attack the model is evaluated against; `train_attack_loss="ce"` maximizes the
+(unregularized) BCE instead, the CE part of eq. 6.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from robustad.attacks.attack import frozen
+from robustad.attacks.objectives import AttackObjective, FlipLoss, Objective, patch_targets
+from robustad.attacks.pgd import PGD
+from robustad.attacks.threat_model import Norm, ThreatModel
+from robustad.methods.patchguard.attention_regularizer import attention_regularizer
+from robustad.methods.patchguard.config import PatchGuardConfig
+from robustad.methods.patchguard.model import DISCRIMINATOR
+
+
+def patch_labels(masks: torch.Tensor, grid: int, rule: str = "fraction") -> torch.Tensor:
+    """Patch targets (B, g, g) in {0, 1} from pixel masks (B, 1, H, W).
+
+    "fraction" (paper §5.2): a patch is anomalous when more than 5% of its pixels are;
+    "any" (official code): when any pixel is.
+    """
+    if rule == "fraction":
+        return patch_targets(masks, (grid, grid))
+    if rule == "any":
+        if masks.dim() == 3:
+            masks = masks.unsqueeze(1)
+        return (F.adaptive_max_pool2d(masks.float(), grid)[:, 0] > 0.5).float()
+    raise ValueError(f"patch_label_rule={rule!r}: expected fraction or any")
+
+
+def regularized_layers(config: PatchGuardConfig) -> tuple:
+    """The attention layers R looks at: 0-based ViT blocks, then the discriminator if asked."""
+    layers = config.regularized_blocks
+    if config.reg_discriminator:
+        if not config.discriminator:
+            raise ValueError("patchguard config reg_discriminator=true needs discriminator=true")
+        layers = layers + (DISCRIMINATOR,)
+    return layers
+
+
+def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig) -> torch.Tensor:
+    """L(x, x_m) = Σ_patches BCE(M, x_m) + α·R(x) per image, shape (B,) (eq. 3-5).
+
+    `net` is a `PatchGuardNet`, `targets` (B, g, g) patch labels in {0, 1}.
+    """
+    if config.alpha == 0:
+        logits = net(images)
+        regularizer = 0.0
+    else:
+        logits, attention = net(images, regularized_layers(config))
+        ordered = {key: attention[key] for key in regularized_layers(config)}
+        regularizer = config.alpha * attention_regularizer(
+            ordered, reg_type=config.reg_type, delta=config.delta, kl_weights=config.kl_weights
+        )
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").flatten(1).sum(1)
+    return bce + regularizer
+
+
+def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig) -> torch.Tensor:
+    """PGD-`train_steps` L∞ examples flipping `targets` (B, g, g), model frozen (eval mode)."""
+    threat = ThreatModel(
+        norm=Norm.LINF,
+        eps=config.train_eps,
+        steps=config.train_steps,
+        step_size=config.train_step_size or None,
+    )
+    attack = PGD(threat, keep_best=False)  # the last iterate, as the official code
+    with frozen(detector):
+        objective = AttackObjective(
+            detector, targets.flatten(1).float(), Objective.LOCALIZATION, FlipLoss.parse(config.train_attack_loss)
+        )
+        return attack.perturb(objective, images.detach()).detach()
+
+
+def training_step(detector, optimizer, normal: torch.Tensor, anomalous: torch.Tensor, anomaly_masks: torch.Tensor) -> float:
+    """One optimizer step on normal images (B, 3, H, W) and pseudo anomalies with masks (B, 1, H, W).
+
+    Returns the loss value. Uses autocast to bfloat16 when `train_precision="bf16"`.
+    """
+    config = detector.config
+    grid = config.grid_size
+    normal_targets = torch.zeros(normal.shape[0], grid, grid, device=normal.device)
+    anomaly_targets = patch_labels(anomaly_masks, grid, config.patch_label_rule).to(normal.device)
+    batches = [(normal, normal_targets), (anomalous, anomaly_targets)]
+    device_type = normal.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.train_precision == "bf16"):
+        if config.adv_train:
+            batches += [(adversarial_examples(detector, x, t, config), t) for x, t in batches]
+        images = torch.cat([x for x, _ in batches])
+        targets = torch.cat([t for _, t in batches])
+        detector.train()
+        per_image = patchguard_loss(detector.net, images, targets, config)
+    loss = per_image.view(len(batches), -1).mean(dim=1).sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())

@@ -1,0 +1,163 @@
+"""PatchGuard's configuration: one dataclass, two presets (`paper`, `quick`).
+
+PatchGuard (Nafez et al., "PatchGuard: Adversarially Robust Anomaly Detection and Localization
+through Vision Transformers and Pseudo Anomalies", CVPR 2025, https://arxiv.org/abs/2506.09237).
+Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
+
+- clean training (Table 7): `adv_train=false`
+- α (Table 5): `alpha=0` ... `alpha=5`
+- δ (Table 8): `delta_scale=0.5|1|2` (δ = delta_scale / N, N = number of patches)
+- regularized layer (Table 12): `reg_layers=-3` (ViT blocks, 1-based, negatives count from the end)
+- ViT size (Table 9): `vit_embed_dim=768,vit_depth=12,vit_heads=12` (ViT-B)
+- without the discriminator (Table 19): `discriminator=false`
+- pseudo-anomaly generator (Table 6): `pseudo_anomaly=ours|cutpaste|fpi|nsa`
+
+Where the official code (github.com/rohban-lab/PatchGuard) differs from the paper, the paper is the
+default and the official choice an option: `patch_label_rule="any"`, `reg_type="kl"` with
+`reg_layers=6,9,12` and `kl_weights=0.005,0.01,0.05`, `top_k=3`, `layer_scale_init=1e-5`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from robustad.bench.profiles import Profile
+from robustad.methods.detector import DetectorConfig
+
+REG_TYPES = ("paper", "kl")
+PATCH_LABEL_RULES = ("fraction", "any")
+PRECISIONS = ("fp32", "bf16")
+PSEUDO_ANOMALIES = ("ours", "cutpaste", "fpi", "nsa")
+FOREGROUNDS = ("auto", "resnet18", "efficientnet_lite0", "full")
+TRAIN_ATTACK_LOSSES = ("margin", "ce")
+
+
+@dataclasses.dataclass
+class PatchGuardConfig(DetectorConfig):
+    """PatchGuard hyper-parameters; the defaults are the paper's (§5, §6 "Implementation")."""
+
+    # -- backbone: timm VisionTransformer, random init (paper: ViT-S, patch 14, 224 px) --------
+    image_size: int = 224
+    patch_size: int = 14
+    vit_embed_dim: int = 384
+    vit_depth: int = 12
+    vit_heads: int = 6
+    layer_scale_init: float = 0.0  # 0: no LayerScale (paper); the official dinov2 arch uses 1e-5
+    # -- attention discriminator: one self-attention layer + shared MLP (paper §5.2, app. I) ---
+    discriminator: bool = True  # False: the shared MLP sits on the ViT's last block (Table 19)
+    disc_heads: int = 4
+    disc_mlp_dim: int = 2048
+    dropout: float = 0.2
+    # -- loss: Σ_patches BCE + α·R (eq. 3-5) ----------------------------------------------------
+    alpha: float = 1.0
+    delta_scale: float = 1.0  # δ = delta_scale / N
+    reg_type: str = "paper"  # "paper": R of eq. 4; "kl": KL(uniform ‖ A) of the official code
+    reg_layers: tuple = (-1,)  # ViT blocks, 1-based; -1 is the last block
+    reg_discriminator: bool = False  # also regularize the discriminator's attention layer
+    kl_weights: tuple = (1.0,)  # per regularized layer, reg_type="kl" only (official: .005,.01,.05)
+    patch_label_rule: str = "fraction"  # "fraction": > 5% of the patch's pixels; "any": official
+    # -- pseudo anomalies (paper §5.1) ----------------------------------------------------------
+    pseudo_anomaly: str = "ours"
+    foreground: str = "auto"
+    gradcam_weights: str = ""  # a ResNet-18 state-dict path; "" lets the generator decide
+    k_soft: int = 3
+    k_hard: int = 2
+    # -- adversarial training (paper §5.3, eq. 6-7) ---------------------------------------------
+    adv_train: bool = True
+    train_eps: float = 8 / 255
+    train_steps: int = 10
+    train_step_size: float = 0.0  # 0: 2.5·ε/steps (the official code)
+    train_attack_loss: str = "margin"  # the flip loss PGD maximizes during training
+    # -- optimizer: AdamW, cosine decay to lr·lr_final_factor -----------------------------------
+    epochs: int = 300
+    batch_size: int = 16
+    lr: float = 8e-4
+    weight_decay: float = 1e-5
+    lr_final_factor: float = 0.0125
+    train_precision: str = "fp32"  # "bf16": CPU/GPU autocast during training
+    # -- scoring (paper §5.2; official: Gaussian σ = 6, radius 7 at 224 px) ----------------------
+    top_k: int = 5
+    smoothing_sigma: float = 6.0  # at 224 px; scaled with image_size
+    smoothing_radius: int = 7  # at 224 px; scaled with image_size
+    precision: str = "fp32"  # forward/scoring precision
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):  # alpha=0 is stored as 0.0: configs compare equal
+            if isinstance(field.default, float) and isinstance(getattr(self, field.name), (int, float)):
+                setattr(self, field.name, float(getattr(self, field.name)))
+        checks = {
+            "reg_type": (self.reg_type, REG_TYPES),
+            "patch_label_rule": (self.patch_label_rule, PATCH_LABEL_RULES),
+            "precision": (self.precision, PRECISIONS),
+            "train_precision": (self.train_precision, PRECISIONS),
+            "pseudo_anomaly": (self.pseudo_anomaly, PSEUDO_ANOMALIES),
+            "foreground": (self.foreground, FOREGROUNDS),
+            "train_attack_loss": (self.train_attack_loss, TRAIN_ATTACK_LOSSES),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"patchguard config {name}={value!r}: expected one of {', '.join(allowed)}")
+        if self.patch_size < 1 or self.image_size < self.patch_size:
+            raise ValueError(
+                f"patchguard config: image_size={self.image_size} must be at least patch_size={self.patch_size}"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patchguard config: image_size={self.image_size} must be a multiple of patch_size={self.patch_size}"
+            )
+        if self.vit_embed_dim % self.vit_heads:
+            raise ValueError(f"patchguard config: vit_embed_dim={self.vit_embed_dim} must be divisible by vit_heads={self.vit_heads}")
+        if self.discriminator and self.vit_embed_dim % self.disc_heads:
+            raise ValueError(f"patchguard config: vit_embed_dim={self.vit_embed_dim} must be divisible by disc_heads={self.disc_heads}")
+        self.reg_layers = tuple(int(i) for i in self.reg_layers)
+        self.kl_weights = tuple(float(w) for w in self.kl_weights)
+        for layer in self.reg_layers:
+            if layer == 0 or abs(layer) > self.vit_depth:
+                raise ValueError(
+                    f"patchguard config reg_layers={self.reg_layers}: blocks are 1..{self.vit_depth} "
+                    f"or -1..-{self.vit_depth} (from the end)"
+                )
+        if self.reg_type == "kl" and len(self.kl_weights) not in (1, len(self.reg_layers) + int(self.reg_discriminator)):
+            raise ValueError(
+                f"patchguard config kl_weights={self.kl_weights}: give one weight, or one per regularized "
+                f"layer ({len(self.reg_layers) + int(self.reg_discriminator)})"
+            )
+        if self.top_k < 1 or self.epochs < 0 or self.batch_size < 1 or self.train_steps < 1:
+            raise ValueError("patchguard config: top_k, batch_size and train_steps must be >= 1, epochs >= 0")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side: image_size // patch_size (16 in the paper)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def delta(self) -> float:
+        """δ of eq. 4: delta_scale / N."""
+        return self.delta_scale / self.num_patches
+
+    @property
+    def regularized_blocks(self) -> tuple[int, ...]:
+        """`reg_layers` as 0-based ViT block indices, sorted, without repeats."""
+        return tuple(sorted({i - 1 if i > 0 else self.vit_depth + i for i in self.reg_layers}))
+
+
+PAPER = PatchGuardConfig()
+
+# Sized for a 2-core CPU: the same code path with smaller images, model, epochs and training PGD.
+QUICK = PatchGuardConfig(
+    image_size=64,
+    patch_size=8,
+    vit_embed_dim=96,
+    vit_depth=4,
+    vit_heads=3,
+    disc_heads=2,
+    disc_mlp_dim=384,
+    epochs=30,
+    train_steps=5,
+    train_precision="bf16",
+)
+
+PROFILES = {Profile.PAPER: PAPER, Profile.QUICK: QUICK}

@@ -1,0 +1,138 @@
+"""The `patchguard` Detector: PatchGuard (CVPR 2025, https://arxiv.org/abs/2506.09237).
+
+M(x): patch logits (B, g, g) of a ViT + attention discriminator (16×16 at 224 px, paper profile).
+S(x): the mean of the top-k patch logits (k = 5). Pixel map: M bilinearly upsampled to image size
+and Gaussian-smoothed (σ = 6, radius 7 at 224 px, scaled with the image size; official code).
+`fit` trains from scratch on normal images and their pseudo anomalies with PGD adversarial
+training (see `adversarial_training.py`); every paper ablation is a config field (`config.py`).
+"""
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+from tqdm.auto import tqdm
+
+from robustad.methods.detector import Detector
+from robustad.methods.patchguard.adversarial_training import training_step
+from robustad.methods.patchguard.config import PROFILES, PatchGuardConfig
+from robustad.methods.patchguard.model import PatchGuardNet
+from robustad.methods.registry import register_method
+
+
+def build_pseudo_anomaly_generator(config: PatchGuardConfig):
+    """The pseudo-anomaly generator named by the config (`pseudo_anomalies.py`, paper §5.1)."""
+    from robustad.methods.patchguard.pseudo_anomalies import create_pseudo_anomaly_generator
+
+    return create_pseudo_anomaly_generator(
+        config.pseudo_anomaly,
+        foreground=config.foreground,
+        gradcam_weights=config.gradcam_weights or None,
+        cache_dir=None,
+        k_soft=config.k_soft,
+        k_hard=config.k_hard,
+    )
+
+
+def training_images(train_set, image_size: int, patch_size: int) -> torch.Tensor:
+    """The normal images of `train_set` stacked as (N, 3, image_size, image_size) in [0, 1]."""
+    if len(train_set) == 0:
+        raise ValueError("patchguard.fit: the training set has no images (expected normal images of one category)")
+    images = []
+    for index in range(len(train_set)):
+        item = train_set[index]
+        if int(item.get("label", 0)) != 0:
+            continue
+        image = item["image"]
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"patchguard.fit: item {index} ({item.get('path', '?')}) has image shape "
+                             f"{tuple(image.shape)}, expected (3, H, W)")
+        if min(image.shape[-2:]) < patch_size:
+            raise ValueError(f"patchguard.fit: item {index} ({item.get('path', '?')}) is {tuple(image.shape[-2:])} px, "
+                             f"smaller than one patch ({patch_size} px)")
+        if tuple(image.shape[-2:]) != (image_size, image_size):
+            image = F.interpolate(image[None].float(), size=(image_size, image_size), mode="bilinear",
+                                  antialias=True, align_corners=False)[0].clamp(0, 1)
+        images.append(image.float())
+    if not images:
+        raise ValueError("patchguard.fit: the training set has no normal (label 0) images")
+    return torch.stack(images)
+
+
+@register_method("patchguard")
+class PatchGuard(Detector):
+    """PatchGuard: adversarially trained ViT + attention discriminator on pseudo anomalies."""
+
+    name = "patchguard"
+    config_class = PatchGuardConfig
+    profiles = PROFILES
+
+    def __init__(self, config: PatchGuardConfig | None = None, **overrides):
+        super().__init__(config, **overrides)
+        self.net = PatchGuardNet(self.config)
+
+    # -- M(x), S(x), pixel map --------------------------------------------------------------
+    def _check_images(self, images: torch.Tensor) -> None:
+        size = self.config.image_size
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"patchguard expects images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+        if min(images.shape[-2:]) < self.config.patch_size:
+            raise ValueError(f"patchguard: images of {tuple(images.shape[-2:])} px are smaller than one patch "
+                             f"({self.config.patch_size} px)")
+        if tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(f"patchguard was built for {size}×{size} images, got {tuple(images.shape[-2:])} "
+                             f"(resize to detector.image_size)")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch logits M(x), shape (B, g, g), g = image_size / patch_size; differentiable in x."""
+        self._check_images(images)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
+            logits = self.net(images)
+        return logits.float()
+
+    def forward_with_attention(self, images: torch.Tensor, layers: tuple):
+        """(M(x), {layer: attention (B, heads, N, N)}) for 0-based ViT blocks and/or "discriminator"."""
+        self._check_images(images)
+        logits, attention = self.net(images, tuple(layers))
+        return logits.float(), attention
+
+    def anomaly_map(self, logits: torch.Tensor, size) -> torch.Tensor:
+        """M bilinearly upsampled to `size` and Gaussian-smoothed, (B, H, W); σ, radius scale with size."""
+        upsampled = super().anomaly_map(logits, size)
+        height = upsampled.shape[-2]
+        sigma = self.config.smoothing_sigma * height / 224
+        radius = max(1, round(self.config.smoothing_radius * height / 224))
+        if sigma <= 0:
+            return upsampled
+        return gaussian_blur(upsampled.unsqueeze(1), [2 * radius + 1] * 2, [sigma, sigma]).squeeze(1)
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, train_set) -> None:
+        """Trains from scratch on the normal images of `train_set` (paper §5; AdamW, cosine lr)."""
+        config = self.config
+        images = training_images(train_set, config.image_size, config.patch_size)
+        device = next(self.parameters()).device
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))  # drawn from the global RNG: deterministic under manual_seed
+        generator = torch.Generator().manual_seed(seed)
+        pseudo = build_pseudo_anomaly_generator(config)
+        pseudo.prepare(images)
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, config.epochs), eta_min=config.lr * config.lr_final_factor
+        )
+        batch_size = min(config.batch_size, len(images))
+        steps_per_epoch = max(1, len(images) // batch_size)  # drop the last partial batch
+        progress = tqdm(range(config.epochs), desc="patchguard fit", disable=None)
+        for _ in progress:
+            order = torch.randperm(len(images), generator=generator)
+            total = 0.0
+            for step in range(steps_per_epoch):
+                index = order[step * batch_size:(step + 1) * batch_size]
+                normal = images[index]
+                anomalous, masks = pseudo(normal, index, generator)
+                total += training_step(self, optimizer, normal.to(device), anomalous.to(device).float(),
+                                       masks.to(device).float())
+            schedule.step()
+            progress.set_postfix(loss=f"{total / steps_per_epoch:.3g}")
+        self.eval()
