@@ -67,7 +67,8 @@ class DatasetFormat:
             raise NotImplementedError(f"{type(self).__name__} implements neither samples() nor scan()")
         found, problems = self.scan(category, split)
         if problems:
-            more = f" (and {len(problems) - 1} more problems: run `bench data info`)" if len(problems) > 1 else ""
+            extra = len(problems) - 1
+            more = f" (and {extra} more problem{'s' if extra > 1 else ''}: run `bench data info`)" if extra else ""
             raise DatasetError(problems[0] + more)
         return found
 

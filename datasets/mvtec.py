@@ -65,7 +65,7 @@ class MVTecLayout(DatasetFormat):
                 mask = self.find_mask(base, folder.name, image)
                 if mask is None:
                     expected = base / "ground_truth" / folder.name / f"{image.stem}{self.mask_suffixes[0]}.png"
-                    problems.append(f"no mask for anomalous image {image}: expected {expected}")
+                    problems.append(f"no mask for anomalous image {image}: expected {expected} (or another image extension)")
                 else:
                     found.append(Sample(str(image), 1, str(mask), folder.name))
         return found, problems
