@@ -1,2 +1,3 @@
 """The paper's baselines (PatchGuard Tables 1–3, appendix E), each clean (`<method>`) and adapted (`<method>-adv`)."""
 from robustad.methods.baselines import patchcore  # noqa: F401
+from robustad.methods.baselines import simplenet  # noqa: F401

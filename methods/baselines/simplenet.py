@@ -1,0 +1,181 @@
+"""SimpleNet (Liu et al., CVPR 2023) and `simplenet-adv` (PatchGuard appendix E).
+
+https://arxiv.org/abs/2303.15140; official code DonaldRR/SimpleNet.
+
+- Features: PatchCore's locally aggregated layer2 + layer3 features of a frozen ImageNet
+  WideResNet-50 (`pretrain_dim` = `target_dim` = 1536), at 288 px in the paper profile.
+- Feature adaptor: one linear layer (D → D). Discriminator: Linear(D, 1024) → BatchNorm →
+  LeakyReLU(0.2) → Linear(1024, 1, no bias).
+- Training: anomalous features = adapted normal features + N(0, σ² = 0.015²); truncated L1 loss
+  max(0, 0.5 − D(normal)) + max(0, 0.5 + D(anomalous)); Adam, adaptor lr 1e-4, discriminator lr
+  2e-4 (weight decay 1e-5), 160 epochs (40 meta-epochs × 4), batch 8.
+- M(x) = −D(adaptor(features)) on layer2's grid (B, h, w); S(x) = its maximum; pixel map: bilinear
+  upsampling and a Gaussian of σ = 4 px.
+
+`simplenet-adv`: an adversarially robust WideResNet-50 extractor (e.g. RobustBench
+`Salman2020Do_50_2`) and embedding-space adversarial training of the discriminator: each batch's
+normal and noise-anomaly features are also perturbed by PGD (`adv_steps`, an L2 ball per feature
+vector of radius `adv_eps_ratio` × the expected Gaussian-noise norm σ·√D) to maximize the
+discriminator loss, and the discriminator trains on clean + adversarial features (PatchGuard found
+input-space adversarial training ineffective for it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from robustad.bench.profiles import Profile
+from robustad.methods.baselines.backbones import BackboneConfig, build_resnet, freeze
+from robustad.methods.baselines.common import (
+    LocalPatchFeatures,
+    batches,
+    feature_pgd,
+    module_device,
+    stack_images,
+)
+from robustad.methods.baselines.smoothing import gaussian_blur
+from robustad.methods.detector import Detector
+from robustad.methods.registry import register_method
+
+
+@dataclasses.dataclass
+class SimpleNetConfig(BackboneConfig):
+    image_size: int = 288
+    backbone: str = "wide_resnet50_2"
+    layers: tuple[str, ...] = ("layer2", "layer3")
+    pretrain_dim: int = 1536
+    target_dim: int = 1536
+    hidden_dim: int = 1024
+    noise_std: float = 0.015
+    margin: float = 0.5
+    adaptor_lr: float = 1e-4
+    discriminator_lr: float = 2e-4
+    weight_decay: float = 1e-5
+    epochs: int = 160
+    batch_size: int = 8
+    smoothing_sigma: float = 4.0
+    adversarial: bool = False  # embedding-space adversarial training of the discriminator
+    adv_steps: int = 10
+    adv_eps_ratio: float = 0.5
+    seed: int = 0
+
+
+def xavier(module: nn.Module) -> nn.Module:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+    return module
+
+
+def mlp_discriminator(dim: int, hidden: int) -> nn.Sequential:
+    """SimpleNet's / GLASS's two-layer discriminator, one logit per feature vector."""
+    return xavier(nn.Sequential(
+        nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1, bias=False)
+    ))
+
+
+@register_method("simplenet")
+class SimpleNet(Detector):
+    """SimpleNet: feature adaptor + discriminator trained against Gaussian-noise feature anomalies."""
+
+    name = "simplenet"
+    config_class = SimpleNetConfig
+    profiles = {
+        Profile.PAPER: SimpleNetConfig(),
+        Profile.QUICK: SimpleNetConfig(image_size=96, pretrain_dim=512, target_dim=512, hidden_dim=256, epochs=8),
+    }
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        cfg = self.config
+        extractor = freeze(build_resnet(self.name, cfg, tuple(cfg.layers)))
+        self.features = LocalPatchFeatures(extractor, cfg.pretrain_dim, cfg.target_dim)
+        self.adaptor = xavier(nn.Linear(cfg.target_dim, cfg.target_dim))
+        self.discriminator = mlp_discriminator(cfg.target_dim, cfg.hidden_dim)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.features.extractor.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.features(images)
+        b, h, w, d = feats.shape
+        return -self.discriminator(self.adaptor(feats.reshape(-1, d))).view(b, h, w)
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.flatten(1).amax(dim=1)
+
+    def anomaly_map(self, logits: torch.Tensor, size) -> torch.Tensor:
+        return gaussian_blur(super().anomaly_map(logits, size), self.config.smoothing_sigma)
+
+    # -- training ------------------------------------------------------------------------------
+    def discriminator_loss(self, normal: torch.Tensor, anomalous: torch.Tensor) -> torch.Tensor:
+        """The truncated L1 loss (normal scores above +margin, anomalous below −margin)."""
+        m = self.config.margin
+        scores = self.discriminator(torch.cat([normal, anomalous]))[:, 0]
+        n = normal.shape[0]
+        return (m - scores[:n]).clamp_min(0).mean() + (m + scores[n:]).clamp_min(0).mean()
+
+    def fit(self, train_set) -> None:
+        cfg = self.config
+        device = module_device(self)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        images = stack_images(train_set)
+        self.eval()
+        with torch.no_grad():
+            cached = torch.cat([
+                self.features(images[i:i + cfg.batch_size].to(device))
+                for i in range(0, len(images), cfg.batch_size)
+            ])  # (N, h, w, D), the frozen backbone's features
+        adaptor_opt = torch.optim.AdamW(self.adaptor.parameters(), lr=cfg.adaptor_lr)
+        disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.discriminator_lr,
+                                    weight_decay=cfg.weight_decay)
+        adv_eps = cfg.adv_eps_ratio * cfg.noise_std * math.sqrt(cfg.target_dim)
+        self.train()
+        for _ in range(cfg.epochs):
+            for index in batches(len(cached), cfg.batch_size, gen):
+                normal = self.adaptor(cached[index].reshape(-1, cfg.target_dim))
+                noise = torch.randn(normal.shape, generator=gen).to(normal) * cfg.noise_std
+                anomalous = normal + noise
+                loss = self.discriminator_loss(normal, anomalous)
+                if cfg.adversarial:
+                    loss = loss + self.adversarial_loss(normal.detach(), anomalous.detach(), adv_eps)
+                adaptor_opt.zero_grad()
+                disc_opt.zero_grad()
+                loss.backward()
+                adaptor_opt.step()
+                disc_opt.step()
+        self.eval()
+
+    def adversarial_loss(self, normal: torch.Tensor, anomalous: torch.Tensor, eps: float) -> torch.Tensor:
+        """Discriminator loss on PGD-perturbed normal and anomalous features (embedding space)."""
+        n = normal.shape[0]
+        both = torch.cat([normal, anomalous])
+        self.discriminator.eval()  # BatchNorm statistics stay those of clean features during PGD
+        adv = feature_pgd(lambda f: self.discriminator_loss(f[:n], f[n:]), both, eps, self.config.adv_steps)
+        self.discriminator.train()
+        return self.discriminator_loss(adv[:n], adv[n:])
+
+
+@dataclasses.dataclass
+class SimpleNetAdvConfig(SimpleNetConfig):
+    robust_backbone: bool = True
+    adversarial: bool = True
+
+
+@register_method("simplenet-adv")
+class SimpleNetAdv(SimpleNet):
+    """SimpleNet with a robust WideResNet-50 and embedding-space adversarial training (PatchGuard app. E)."""
+
+    name = "simplenet-adv"
+    config_class = SimpleNetAdvConfig
+    profiles = {
+        Profile.PAPER: SimpleNetAdvConfig(),
+        Profile.QUICK: SimpleNetAdvConfig(image_size=96, pretrain_dim=512, target_dim=512, hidden_dim=256,
+                                          epochs=8, adv_steps=5),
+    }
+
