@@ -54,9 +54,10 @@ IDENTITY_FIELDS = ("schema", "cell_id", "method", "dataset", "category", "attack
 DATASET_NAMES = {  # registry name (lower case, without - and _) -> name in the paper, in its order
     "mvtec": "MVTec AD", "mvtecad": "MVTec AD", "visa": "VisA", "btad": "BTAD", "mpdd": "MPDD",
     "wfdd": "WFDD", "dtd": "DTD-Synthetic", "dtdsynthetic": "DTD-Synthetic", "headct": "Head-CT",
-    "brats": "BraTS2021", "brats2021": "BraTS2021",
+    "brats": "BraTS2021", "brats2021": "BraTS2021", "textures": "Textures",
 }
-METHOD_NAMES = {"patchguard": "PatchGuard", "patchcore": "PatchCore", "draem": "DRAEM", "simplenet": "SimpleNet"}
+METHOD_NAMES = {"patchguard": "PatchGuard", "patchcore": "PatchCore", "patchcore-adv": "PatchCore (adv.)",
+                "draem": "DRAEM", "simplenet": "SimpleNet"}
 ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "apgd": "APGD", "autoattack": "AutoAttack", "caa": "CAA",
                 "a3": "A³", "square": "Square", "segpgd": "SegPGD", "sea": "SEA"}
 NORM_NAMES = {"linf": "L∞", "l2": "L2"}
@@ -92,6 +93,8 @@ def record_problems(record) -> list[str]:
         problems.append(f"eps: expected a number >= 0, got {record['eps']!r}")
     if record["steps"] is not None and (not isinstance(record["steps"], int) or isinstance(record["steps"], bool)):
         problems.append(f"steps: expected an integer or null, got {record['steps']!r}")
+    if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
+        problems.append(f"seed: expected an integer, got {record['seed']!r}")
     if failed and not isinstance(record["error"], str):
         problems.append(f"error: expected null or a string, got {record['error']!r}")
     if isinstance(record["created"], str) and _created(record) is None:

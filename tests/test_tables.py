@@ -62,6 +62,7 @@ def test_bad_files_are_named_and_skipped(results):
     bad_metric["adversarial"]["image_auroc"] = "71.1"
     (folder / "bad_metric.json").write_text(json.dumps(bad_metric))
     (folder / "bad_norm.json").write_text(json.dumps({**good, "cell_id": "bad-norm", "norm": "l1"}))
+    (folder / "bad_seed.json").write_text(json.dumps({**good, "cell_id": "bad-seed", "seed": [0]}))
     (folder / ".atomic.json.tmp").write_text("{")  # an atomic write in progress is not a record
     (folder / "notes.txt").write_text("not json")
 
@@ -69,7 +70,7 @@ def test_bad_files_are_named_and_skipped(results):
     assert len(records) == len(fixture_records())
     named = {Path(p.split(":")[0]).name: p for p in problems}
     assert set(named) == {"corrupt.json", "truncated.json", "list.json", "other_schema.json", "partial.json",
-                          "bad_metric.json", "bad_norm.json", next(folder.glob("*.copy.json")).name}
+                          "bad_metric.json", "bad_norm.json", "bad_seed.json", next(folder.glob("*.copy.json")).name}
     assert "not valid JSON" in named["truncated.json"]
     assert "not a result record" in named["list.json"]
     assert "schema 2" in named["other_schema.json"]
@@ -197,3 +198,35 @@ def regenerate():
 
 if __name__ == "__main__":
     regenerate()
+
+
+def test_failed_record_of_the_runner_loads(tmp_path):
+    from robustad.bench.records import write_record
+    from robustad.bench.runner import CellSpec, failed_record
+
+    spec = CellSpec(method="patchguard", dataset="mvtec", category="bottle", attack="pgd-1000")
+    write_record(tmp_path, failed_record(spec, RuntimeError("out of memory")))
+    write_record(tmp_path, a_record())
+    records, problems = load_records(tmp_path)
+    assert problems == [] and len(records) == 2
+    table = build_table(records, layout="attacks", fmt="csv")
+    assert table.splitlines()[0] == "Dataset,Task,Clean,PGD-20,PGD-1000"
+
+
+@pytest.mark.slow
+def test_records_written_by_the_runner_make_every_table(mvtec_root, tmp_path):
+    from robustad.bench.runner import CellSpec, run_grid
+
+    specs = [CellSpec(method="tests.tiny_detector:TinyDetector", dataset="mvtec", category="alpha",
+                      root=str(mvtec_root), steps=2)]
+    specs.append(CellSpec(method="tests.tiny_detector:TinyDetector", dataset="mvtec", category="no-such-category",
+                          root=str(mvtec_root), steps=2))  # fails: its record has an error
+    run_grid(specs, results=tmp_path, log=lambda message: None)
+    records, problems = load_records(tmp_path)
+    assert problems == [] and len(records) == 2 and sum(r["error"] is not None for r in records) == 1
+    for layout in ("methods", "categories", "attacks"):
+        for fmt in ("latex", "markdown", "csv"):
+            assert write_tables(tmp_path, layout=layout, task="al", fmt=fmt, records=records)[0].stat().st_size > 0
+    csv = build_table(records, layout="categories", fmt="csv")
+    assert re.search(r"Alpha,\d+\.\d,\d+\.\d,\d+\.\d,\d+\.\d", csv) and "No-such-category,–,–,–,–" in csv
+    assert "pixel AUPRO" in format_cell_result(records[0])
