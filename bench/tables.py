@@ -22,20 +22,21 @@ cell (same `cell_id`) count once: the newest successful one, else the newest fai
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 from tabulate import tabulate
 
-from robustad.bench.records import RECORD_FIELDS, SCHEMA_VERSION, records_dir
+from robustad.bench.record_loading import is_number, load_records, unique_cells
+from robustad.bench.records import records_dir
+from robustad.bench.table_render import INCOMPLETE, Table, Value, render
+
+__all__ = ["build_table", "format_cell_result", "load_records", "table_path", "write_tables"]
 
 LAYOUTS = ("methods", "categories", "attacks")
 TASKS = ("ad", "al")
@@ -43,13 +44,7 @@ FORMATS = ("latex", "markdown", "csv")
 EXTENSIONS = {"latex": "tex", "markdown": "md", "csv": "csv"}
 TASK_METRIC = {"ad": "image_auroc", "al": "pixel_auroc"}
 TASK_OBJECTIVE = {"ad": "detection", "al": "localization"}
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
-MISSING = "–"
-INCOMPLETE = "*"
 
-# Fields every record has, failed ones included; a successful record has all of RECORD_FIELDS.
-IDENTITY_FIELDS = ("schema", "cell_id", "method", "dataset", "category", "attack", "objective", "norm",
-                   "eps", "steps", "seed", "profile", "clean", "adversarial", "created", "error")
 
 DATASET_NAMES = {  # registry name (lower case, without - and _) -> name in the paper, in its order
     "mvtec": "MVTec AD", "mvtecad": "MVTec AD", "visa": "VisA", "btad": "BTAD", "mpdd": "MPDD",
@@ -64,123 +59,11 @@ NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def record_problems(record) -> list[str]:
-    """What makes `record` unusable as a schema-1 result record (empty when it is fine)."""
-    if not isinstance(record, dict) or "schema" not in record or "cell_id" not in record:
-        return ["not a result record (expected a JSON object with 'schema' and 'cell_id')"]
-    if record["schema"] != SCHEMA_VERSION:
-        return [f"schema {record['schema']!r}, expected {SCHEMA_VERSION}"]
-    failed = record.get("error") is not None
-    missing = [f for f in (IDENTITY_FIELDS if failed else RECORD_FIELDS) if f not in record]
-    if missing:
-        return [f"partial record, missing {', '.join(missing)}"]
-    problems = []
-    for field in ("cell_id", "method", "dataset", "category", "attack", "profile", "created"):
-        if not isinstance(record[field], str) or not record[field]:
-            problems.append(f"{field}: expected a non-empty string, got {record[field]!r}")
-    if record["objective"] not in ("localization", "detection"):
-        problems.append(f"objective: expected localization or detection, got {record['objective']!r}")
-    if record["norm"] not in NORM_NAMES:
-        problems.append(f"norm: expected linf or l2, got {record['norm']!r}")
-    if not _is_number(record["eps"]) or record["eps"] < 0:
-        problems.append(f"eps: expected a number >= 0, got {record['eps']!r}")
-    if record["steps"] is not None and (not isinstance(record["steps"], int) or isinstance(record["steps"], bool)):
-        problems.append(f"steps: expected an integer or null, got {record['steps']!r}")
-    if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
-        problems.append(f"seed: expected an integer, got {record['seed']!r}")
-    if failed and not isinstance(record["error"], str):
-        problems.append(f"error: expected null or a string, got {record['error']!r}")
-    if isinstance(record["created"], str) and _created(record) is None:
-        problems.append(f"created: expected an ISO time, got {record['created']!r}")
-    for phase in ("clean", "adversarial"):
-        block = record[phase]
-        if block is None and failed:
-            continue
-        if not isinstance(block, dict) or any(k not in block for k in METRIC_KEYS):
-            problems.append(f"{phase}: expected an object with {', '.join(METRIC_KEYS)}, got {block!r}")
-            continue
-        for key in METRIC_KEYS:
-            value = block[key]
-            if value is not None and not (_is_number(value) and 0 <= value <= 100):
-                problems.append(f"{phase}.{key}: expected null or a percentage in [0, 100], got {value!r}")
-    return problems
-
-
-def _created(record: dict) -> datetime | None:
-    try:
-        created = datetime.fromisoformat(record["created"])
-    except (TypeError, ValueError):
-        return None
-    return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
-
-
-def unique_cells(records: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(one record per cell_id, the duplicates left out): the newest successful one, else the newest."""
-    best: dict[str, dict] = {}
-    dropped = []
-    for record in records:
-        kept = best.get(record["cell_id"])
-        if kept is None:
-            best[record["cell_id"]] = record
-            continue
-        rank = (record.get("error") is None, _created(record) or datetime.min.replace(tzinfo=timezone.utc))
-        kept_rank = (kept.get("error") is None, _created(kept) or datetime.min.replace(tzinfo=timezone.utc))
-        if rank > kept_rank:
-            best[record["cell_id"]] = record
-            dropped.append(kept)
-        else:
-            dropped.append(record)
-    return list(best.values()), dropped
-
-
-def load_records(results_dir) -> tuple[list[dict], list[str]]:
-    """The usable records under `<results_dir>/records/*.json`, one per cell, and the problems met.
-
-    Never raises for bad files: a corrupt, partly written, partial (missing fields) or non-record
-    JSON file is skipped and named in the problems, as is a duplicate record of a cell. Failed
-    cells (records with a non-null "error") are returned; the tables show them as missing.
-    """
-    folder = records_dir(Path(results_dir))
-    if not folder.is_dir():
-        return [], [f"{folder}: no records folder (run `bench run` first)"]
-    records, problems, origin = [], [], {}
-    for path in sorted(folder.glob("*.json")):
-        if path.name.startswith("."):  # a temporary file of an atomic write
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError) as err:
-            problems.append(f"{path}: unreadable ({err}); skipped")
-            continue
-        except ValueError as err:
-            problems.append(f"{path}: not valid JSON, corrupt or partly written ({err}); skipped")
-            continue
-        found = record_problems(record)
-        if found:
-            problems.append(f"{path}: {'; '.join(found)}; skipped")
-            continue
-        origin[id(record)] = path
-        records.append(record)
-    records, dropped = unique_cells(records)
-    for record in dropped:
-        problems.append(f"{origin[id(record)]}: another record of cell {record['cell_id']} is newer or "
-                        f"successful; skipped")
-    return records, problems
-
-
-# ---------------------------------------------------------------------------------------------
 # Attack settings and selection
 
 
 def _parse_eps(value) -> float:
-    if _is_number(value):
+    if is_number(value):
         return float(value)
     text = str(value).strip()
     try:
@@ -271,18 +154,6 @@ def _most_common(records: list[dict], key, prefer=None):
 # Values
 
 
-@dataclass(frozen=True)
-class Value:
-    number: float | None
-    complete: bool = True
-    bold: bool = False
-
-    def text(self) -> str:
-        if self.number is None:
-            return MISSING
-        return f"{self.number:.1f}" + ("" if self.complete else INCOMPLETE)
-
-
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -321,107 +192,6 @@ def _bold_extreme(values: list[Value], highest: bool) -> list[Value]:
         return values
     target = max(present) if highest else min(present)
     return [Value(v.number, v.complete, v.number is not None and round(v.number, 1) == target) for v in values]
-
-
-# ---------------------------------------------------------------------------------------------
-# Table model and rendering
-
-
-@dataclass
-class Table:
-    """Plain text cells; a cell is a list of parts joined by " / ", each a label or a Value."""
-
-    caption: str
-    header: list[str]
-    groups: list[list[list]]  # row groups, a rule between groups
-    label: str
-    header_spans: list[tuple[str, int]] | None = None  # LaTeX: a header line above `latex_header`
-    latex_header: list[str] | None = None  # LaTeX: the header under the spans (default `header`)
-    csv_only_columns: int = 0  # leading columns that only CSV shows (the caption names them)
-
-
-def _latex_text(text: str) -> str:
-    specials = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                "ε": r"$\epsilon$", "∞": r"$\infty$", "³": r"\textsuperscript{3}", "–": "--", "×": r"$\times$"}
-    return "".join(specials.get(ch, ch) for ch in text)
-
-
-def _part_text(part, fmt: str) -> str:
-    if not isinstance(part, Value):
-        return _latex_text(str(part)) if fmt == "latex" else str(part)
-    text = part.text()
-    if fmt == "latex":
-        text = _latex_text(text)
-        return rf"\textbf{{{text}}}" if part.bold else text
-    if fmt == "markdown":
-        text = text.replace(INCOMPLETE, "\\" + INCOMPLETE)
-        return f"**{text}**" if part.bold else text
-    return text
-
-
-def _cell_text(cell, fmt: str) -> str:
-    parts = cell if isinstance(cell, list) else [cell]
-    return " / ".join(_part_text(p, fmt) for p in parts)
-
-
-def _shown_rows(table: Table, fmt: str) -> list[list[list[str]]]:
-    """Cell texts per group; outside CSV, leading label columns drop `csv_only_columns` and a label
-    repeated from the row above (with the same labels to its left) is left blank, as in the paper."""
-    skip = 0 if fmt == "csv" else table.csv_only_columns
-    groups = []
-    for group in table.groups:
-        rows, above = [], None
-        for row in group:
-            row = row[skip:]
-            texts = [_cell_text(c, fmt) for c in row]
-            if fmt != "csv" and above is not None:
-                for i, cell in enumerate(row):
-                    if not isinstance(cell, str) or cell != above[i]:
-                        break
-                    texts[i] = ""
-            rows.append(texts)
-            above = row
-        groups.append(rows)
-    return groups
-
-
-def _render(tables: list[Table], fmt: str) -> str:
-    if fmt == "csv":
-        rows = [row for t in tables for g in _shown_rows(t, fmt) for row in g]
-        return pd.DataFrame(rows, columns=tables[0].header).to_csv(index=False)
-    if fmt == "markdown":
-        blocks = []
-        for table in tables:
-            rows = [row for g in _shown_rows(table, fmt) for row in g]
-            body = tabulate(rows, headers=table.header[table.csv_only_columns:], tablefmt="github",
-                            disable_numparse=True)
-            blocks.append(f"{table.caption}\n\n{body}\n")
-        return "\n".join(blocks)
-    return "\n".join(_latex_table(t) for t in tables)
-
-
-def _latex_table(table: Table) -> str:
-    first_row = table.groups[0][0][table.csv_only_columns:]
-    n_labels = next((i for i, cell in enumerate(first_row) if not isinstance(cell, str)), len(first_row))
-    spec = "l" * n_labels + "c" * (len(first_row) - n_labels)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_text(table.caption)}}}",
-             rf"\label{{{table.label}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
-    if table.header_spans:
-        spans, rules, column = [], [], 1
-        for name, width in table.header_spans:
-            spans.append(_latex_text(name) if width == 1 else rf"\multicolumn{{{width}}}{{c}}{{{_latex_text(name)}}}")
-            if name:
-                rules.append(rf"\cmidrule(lr){{{column}-{column + width - 1}}}")
-            column += width
-        lines += [" & ".join(spans) + r" \\", "".join(rules)]
-    header = table.latex_header or table.header[table.csv_only_columns:]
-    lines.append(" & ".join(_latex_text(h) for h in header) + r" \\")
-    for group in _shown_rows(table, "latex"):
-        lines.append(r"\midrule")
-        lines += [" & ".join(row) + r" \\" for row in group]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,7 +367,7 @@ def _attacks_tables(records, filters) -> list[Table]:
     fixed = [f"ε = {common.eps_text} ({NORM_NAMES[common.norm]})"] if not {"norm", "eps_text"} & varying else []
     fixed += [f"{common.objective} objective"] if "objective" not in varying else []
     caption = (f"AUROC (%) under each attack (profile {profile}" + "".join(f", {f}" for f in fixed) + "); AD: image "
-               f"AUROC, AL: pixel AUROC; the strongest attack of each row (lowest AUROC) is bold."
+               "AUROC, AL: pixel AUROC; the strongest attack of each row (lowest AUROC) is bold."
                + _incomplete_note([row for g in groups for row in g], "categories") + _failures_note(chosen))
     return [Table(caption, header, groups, "tab:robustad-attacks")]
 
@@ -624,7 +394,7 @@ def build_table(records: list[dict], *, layout: str = "methods", task: str = "ad
         tables = _categories_tables(records, filters)
     else:
         tables = _attacks_tables(records, filters)
-    return _render(tables, fmt)
+    return render(tables, fmt)
 
 
 def table_path(results_dir, layout: str, task: str, fmt: str) -> Path:

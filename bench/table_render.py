@@ -1,0 +1,127 @@
+"""Rendering a table model as LaTeX (booktabs), Markdown (tabulate) or CSV (pandas).
+
+A `Table` holds plain cells: leading row labels (str), then values; a value cell is a `Value` or a
+list of them, shown joined by " / " (PatchGuard's "clean / adversarial"). `–` marks a missing value,
+`*` one averaged over fewer items than its peers, and bold the value a layout singles out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from tabulate import tabulate
+
+MISSING = "–"
+INCOMPLETE = "*"
+
+
+@dataclass(frozen=True)
+class Value:
+    """One number of a table: None is missing; `complete` False marks it `*`; `bold` singles it out."""
+
+    number: float | None
+    complete: bool = True
+    bold: bool = False
+
+    def text(self) -> str:
+        if self.number is None:
+            return MISSING
+        return f"{self.number:.1f}" + ("" if self.complete else INCOMPLETE)
+
+
+@dataclass
+class Table:
+    """Plain text cells; a cell is a list of parts joined by " / ", each a label or a Value."""
+
+    caption: str
+    header: list[str]
+    groups: list[list[list]]  # row groups, a rule between groups
+    label: str
+    header_spans: list[tuple[str, int]] | None = None  # LaTeX: a header line above `latex_header`
+    latex_header: list[str] | None = None  # LaTeX: the header under the spans (default `header`)
+    csv_only_columns: int = 0  # leading columns that only CSV shows (the caption names them)
+
+
+def _latex_text(text: str) -> str:
+    specials = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "ε": r"$\epsilon$", "∞": r"$\infty$", "³": r"\textsuperscript{3}", "–": "--", "×": r"$\times$"}
+    return "".join(specials.get(ch, ch) for ch in text)
+
+
+def _part_text(part, fmt: str) -> str:
+    if not isinstance(part, Value):
+        return _latex_text(str(part)) if fmt == "latex" else str(part)
+    text = part.text()
+    if fmt == "latex":
+        text = _latex_text(text)
+        return rf"\textbf{{{text}}}" if part.bold else text
+    if fmt == "markdown":
+        text = text.replace(INCOMPLETE, "\\" + INCOMPLETE)
+        return f"**{text}**" if part.bold else text
+    return text
+
+
+def _cell_text(cell, fmt: str) -> str:
+    parts = cell if isinstance(cell, list) else [cell]
+    return " / ".join(_part_text(p, fmt) for p in parts)
+
+
+def _shown_rows(table: Table, fmt: str) -> list[list[list[str]]]:
+    """Cell texts per group; outside CSV, leading label columns drop `csv_only_columns` and a label
+    repeated from the row above (with the same labels to its left) is left blank, as in the paper."""
+    skip = 0 if fmt == "csv" else table.csv_only_columns
+    groups = []
+    for group in table.groups:
+        rows, above = [], None
+        for row in group:
+            row = row[skip:]
+            texts = [_cell_text(c, fmt) for c in row]
+            if fmt != "csv" and above is not None:
+                for i, cell in enumerate(row):
+                    if not isinstance(cell, str) or cell != above[i]:
+                        break
+                    texts[i] = ""
+            rows.append(texts)
+            above = row
+        groups.append(rows)
+    return groups
+
+
+def render(tables: list[Table], fmt: str) -> str:
+    if fmt == "csv":
+        rows = [row for t in tables for g in _shown_rows(t, fmt) for row in g]
+        return pd.DataFrame(rows, columns=tables[0].header).to_csv(index=False)
+    if fmt == "markdown":
+        blocks = []
+        for table in tables:
+            rows = [row for g in _shown_rows(table, fmt) for row in g]
+            body = tabulate(rows, headers=table.header[table.csv_only_columns:], tablefmt="github",
+                            disable_numparse=True)
+            blocks.append(f"{table.caption}\n\n{body}\n")
+        return "\n".join(blocks)
+    return "\n".join(_latex_table(t) for t in tables)
+
+
+def _latex_table(table: Table) -> str:
+    first_row = table.groups[0][0][table.csv_only_columns:]
+    n_labels = next((i for i, cell in enumerate(first_row) if not isinstance(cell, str)), len(first_row))
+    spec = "l" * n_labels + "c" * (len(first_row) - n_labels)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_text(table.caption)}}}",
+             rf"\label{{{table.label}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    if table.header_spans:
+        spans, rules, column = [], [], 1
+        for name, width in table.header_spans:
+            spans.append(_latex_text(name) if width == 1 else rf"\multicolumn{{{width}}}{{c}}{{{_latex_text(name)}}}")
+            if name:
+                rules.append(rf"\cmidrule(lr){{{column}-{column + width - 1}}}")
+            column += width
+        lines += [" & ".join(spans) + r" \\", "".join(rules)]
+    header = table.latex_header or table.header[table.csv_only_columns:]
+    lines.append(" & ".join(_latex_text(h) for h in header) + r" \\")
+    for group in _shown_rows(table, "latex"):
+        lines.append(r"\midrule")
+        lines += [" & ".join(row) + r" \\" for row in group]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
