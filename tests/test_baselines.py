@@ -1,5 +1,7 @@
 """The adapted baselines (methods/baselines): every registered variant builds from scratch, fits on the
 synthetic tree, gives differentiable maps, round-trips a checkpoint and survives every attack."""
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -17,7 +19,7 @@ TINY = {
     "patchcore": dict(backbone="resnet18", pretrain_dim=64, target_dim=64),
     "simplenet": dict(backbone="resnet18", pretrain_dim=64, target_dim=64, hidden_dim=32, epochs=2,
                       adv_steps=2),
-    "draem": dict(base_width=8, epochs=2, batch_size=4, adv_steps=1),
+    "draem": dict(recon_width=4, disc_width=4, epochs=1, batch_size=6, adv_steps=1),
     "glass": dict(backbone="resnet18", pretrain_dim=64, target_dim=64, hidden_dim=32, epochs=2,
                   gas_steps=2, adv_steps=1),
     "recontrast": dict(backbone="resnet18", iterations=3, batch_size=4, adv_steps=1),
@@ -32,7 +34,9 @@ def baseline_names():
 
 def tiny(name, **extra):
     family = name.removesuffix("-adv")
-    return create_method(name, backbone_init="scratch", image_size=SIZE, **TINY[family], **extra)
+    fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_class)}
+    scratch = {"backbone_init": "scratch"} if "backbone_init" in fields else {}
+    return create_method(name, image_size=SIZE, **scratch, **TINY[family], **extra)
 
 
 _FITTED = {}

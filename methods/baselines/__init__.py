@@ -1,3 +1,4 @@
 """The paper's baselines (PatchGuard Tables 1–3, appendix E), each clean (`<method>`) and adapted (`<method>-adv`)."""
 from robustad.methods.baselines import patchcore  # noqa: F401
 from robustad.methods.baselines import simplenet  # noqa: F401
+from robustad.methods.baselines import draem  # noqa: F401
