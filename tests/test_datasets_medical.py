@@ -127,3 +127,20 @@ def test_headct_exported_layout(tmp_path):
     trees.write_mvtec_like(tmp_path, ["."], defect_name="hemorrhage")
     test = create_dataset("headct", root=tmp_path, category="head_ct", split="test", image_size=16)
     assert sorted(test.labels) == [0, 0, 1, 1] and all(s.mask is None for s in test.samples)
+
+
+def test_brats_export_keeps_slices_split_and_masks(tmp_path):
+    from robustad.datasets.brats2021 import export_slices
+
+    trees.write_brats_nifti(tmp_path / "nifti", n_cases=5)
+    export_slices(tmp_path / "nifti", tmp_path / "png")
+    for split in ("train", "test"):
+        volumes = create_dataset("brats2021", root=tmp_path / "nifti", category="brain", split=split, image_size=None)
+        slices = create_dataset("brats2021", root=tmp_path / "png", category="brain", split=split, image_size=None)
+        assert sorted(volumes.labels) == sorted(slices.labels)
+        by_name = {Path(s.image).name: i for i, s in enumerate(slices.samples)}
+        for i, sample in enumerate(volumes.samples):
+            path, z = parse_address(sample.image)
+            j = by_name[f"{Path(path).name.split('.nii')[0]}_{z}.png"]
+            assert (volumes[i]["image"] - slices[j]["image"]).abs().max() <= 0.5 / 255 + 1e-6
+            assert torch.equal(volumes[i]["mask"], slices[j]["mask"])
