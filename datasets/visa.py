@@ -56,8 +56,8 @@ class VisA(MVTecLayout):
             if self.converted_root is None:
                 raise DatasetError(
                     f"VisA root {self.root}: found neither {self.root / SPLIT_FILE} with <category>/Data folders "
-                    f"(VisA as released) nor a converted tree (visa_pytorch/<category>/train/good); "
-                    f"expected layout: {self.layout}"
+                    f"(VisA as released; the split file is also in github.com/amazon-science/spot-diff) nor a "
+                    f"converted tree (visa_pytorch/<category>/train/good); expected layout: {self.layout}"
                 )
 
     def is_released_layout(self) -> bool:
