@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from robustad.methods.patchguard import foreground
 from robustad.methods.patchguard.foreground import (
     ForegroundEstimator,
+    GradCamNetwork,
     ForegroundWeightsError,
     grad_cam,
     load_gradcam_network,
@@ -101,27 +102,33 @@ def test_pretrained_efficientnet_finds_the_object(tmp_path):
     assert 56 <= peak // 128 < 128 and 0 <= peak % 128 < 72
 
 
+def tiny_gradcam_network() -> GradCamNetwork:
+    """A cheap stand-in CNN with the Grad-CAM split: 224 px -> 7x7 activations -> 10 logits."""
+    torch.manual_seed(0)
+    conv, fc = torch.nn.Conv2d(3, 4, kernel_size=32, stride=32), torch.nn.Linear(4, 10)
+    return GradCamNetwork(conv, lambda a: fc(a.mean(dim=(2, 3))), lambda x: x - 0.5)
+
+
 def test_cache_is_hit_on_the_second_call(resnet18_weights, tmp_path, monkeypatch):
     images = torch.rand(3, 3, 24, 24)
-    calls = []
+    loads, calls = [], []
     compute = foreground.compute_foreground_maps
+    monkeypatch.setattr(foreground, "load_gradcam_network", lambda choice: loads.append(choice) or tiny_gradcam_network())
     monkeypatch.setattr(foreground, "compute_foreground_maps",
                         lambda net, imgs, digests, k: calls.append(len(imgs)) or compute(net, imgs, digests, k))
     first = ForegroundEstimator("resnet18", str(resnet18_weights), cache_dir=tmp_path)(images)
-    assert calls == [3]
+    assert calls == [3] and len(loads) == 1
     assert first.shape == (3, 24, 24) and first.min() >= 0 and first.max() <= 1
 
-    monkeypatch.setattr(foreground, "load_gradcam_network", lambda choice: pytest.fail("CNN loaded on a cache hit"))
     estimator = ForegroundEstimator("resnet18", str(resnet18_weights), cache_dir=tmp_path)
     assert torch.equal(estimator(images), first)
-    assert calls == [3]
+    assert calls == [3] and len(loads) == 1, "a cache hit neither loads nor runs the CNN"
     files = sorted(p.stem for p in estimator.cache_folder.glob("*.pt"))
     assert files == sorted(foreground.image_sha256(image) for image in images)
-    assert estimator.cache_folder.parent.name == "foreground"
+    assert estimator.cache_folder.parent == tmp_path / "foreground"
     assert estimator.cache_folder.name.startswith("resnet18-") and estimator.cache_folder.name.endswith("-ksoft3")
 
     # only the new image is computed; k_soft is part of the key
-    monkeypatch.setattr(foreground, "load_gradcam_network", load_gradcam_network)
     mixed = torch.cat([images[:1], torch.rand(1, 3, 24, 24)])
     assert torch.equal(ForegroundEstimator("resnet18", str(resnet18_weights), cache_dir=tmp_path)(mixed)[0], first[0])
     assert calls == [3, 1]

@@ -13,11 +13,14 @@ always adds a colour jitter, which here is one of the transforms drawn (see `app
 """
 from __future__ import annotations
 
+import io
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 HardTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -111,10 +114,13 @@ def blur(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def jpeg(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """JPEG compression artefacts, quality 1–15 (official "heavy" level: 1–20)."""
+    """JPEG compression artefacts, quality 1–15 (official "heavy" level: 1–20), through Pillow."""
     quality = int(torch.randint(1, 16, (), generator=generator))
-    encoded = TF.jpeg((image * 255).round().clamp(0, 255).to(torch.uint8), quality=quality)
-    return encoded.to(image.dtype) / 255
+    pixels = (image * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    return torch.from_numpy(decoded.copy()).permute(2, 0, 1).to(image.dtype) / 255
 
 
 def colour_change(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -65,6 +65,7 @@ class NaturalSyntheticAnomalies(PseudoAnomalyGenerator):
     RESCALE = (0.7, 1.3)
     CHANGE_TOLERANCE = 1 / 255
     LABEL_MEDIAN = 5
+    MAX_ATTEMPTS = 20
     MIN_SIDE = 3  # the smallest patch the Poisson solve can use (1-pixel border + interior)
 
     def __init__(self):
@@ -105,7 +106,18 @@ class NaturalSyntheticAnomalies(PseudoAnomalyGenerator):
 
     def synthesize(self, image: torch.Tensor, source_indices: list[int],
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One NSA anomaly of an image (3, H, W) from patches of the given training images."""
+        """One NSA anomaly of an image (3, H, W) from patches of the given training images.
+
+        NSA keeps an example whose label came out empty (tiny or invisible patches) as a normal one;
+        here the draw is repeated (up to `MAX_ATTEMPTS` times) so every pseudo anomaly has a mask."""
+        for _ in range(self.MAX_ATTEMPTS):
+            out, label = self._synthesize_once(image, source_indices, generator)
+            if bool(label.any()):
+                break
+        return out, label
+
+    def _synthesize_once(self, image: torch.Tensor, source_indices: list[int],
+                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         original = image.numpy().astype(np.float64)
         blended = original.copy()
         patches = np.zeros(original.shape[-2:], dtype=bool)
