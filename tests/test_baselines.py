@@ -22,7 +22,8 @@ TINY = {
     "draem": dict(recon_width=4, disc_width=4, epochs=1, batch_size=6, adv_steps=1),
     "glass": dict(backbone="resnet18", pretrain_dim=64, target_dim=64, hidden_dim=32, epochs=2,
                   gas_steps=2, adv_steps=1),
-    "recontrast": dict(backbone="resnet18", iterations=3, batch_size=4, adv_steps=1),
+    "recontrast": dict(backbone="resnet18", bottleneck_blocks=1, decoder_blocks=(1, 1, 1), iterations=2,
+                       batch_size=6, adv_steps=1),
     "generalad": dict(backbone="vit_tiny_patch16_224", vit_depth=2, vit_patch_size=8, hidden_dim=32, heads=2,
                       epochs=2, top_k=3, adv_steps=2),
 }
@@ -40,6 +41,15 @@ def tiny(name, **extra):
 
 
 _FITTED = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one thread avoids the spin-wait cost of a shared, oversubscribed CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def fitted(name, root):
@@ -117,7 +127,7 @@ def test_missing_weights_name_the_options(name, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty hub cache
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     family = name.removesuffix("-adv")
-    kwargs = {k: v for k, v in TINY[family].items() if k == "backbone" and family == "generalad"}
+    kwargs = {k: v for k, v in TINY[family].items() if k in ("backbone", "vit_depth", "vit_patch_size")}
     with pytest.raises(MissingWeightsError) as err:
         create_method(name, **kwargs)
     text = str(err.value)
