@@ -24,8 +24,8 @@ TINY = {
                   gas_steps=2, adv_steps=1),
     "recontrast": dict(backbone="resnet18", bottleneck_blocks=1, decoder_blocks=(1, 1, 1), iterations=2,
                        batch_size=6, adv_steps=1),
-    "generalad": dict(backbone="vit_tiny_patch16_224", vit_depth=2, vit_patch_size=8, hidden_dim=32, heads=2,
-                      epochs=2, top_k=3, adv_steps=2),
+    "generalad": dict(backbone="vit_tiny_patch16_224", vit_depth=2, vit_patch_size=8, blocks=(2,), hidden_dim=32,
+                      heads=2, epochs=2, top_k=3, adv_steps=2),
 }
 
 
@@ -127,7 +127,7 @@ def test_missing_weights_name_the_options(name, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty hub cache
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     family = name.removesuffix("-adv")
-    kwargs = {k: v for k, v in TINY[family].items() if k in ("backbone", "vit_depth", "vit_patch_size")}
+    kwargs = {k: v for k, v in TINY[family].items() if k in ("backbone", "vit_depth", "vit_patch_size", "blocks")}
     with pytest.raises(MissingWeightsError) as err:
         create_method(name, **kwargs)
     text = str(err.value)

@@ -4,3 +4,4 @@ from robustad.methods.baselines import simplenet  # noqa: F401
 from robustad.methods.baselines import draem  # noqa: F401
 from robustad.methods.baselines import glass  # noqa: F401
 from robustad.methods.baselines import recontrast  # noqa: F401
+from robustad.methods.baselines import generalad  # noqa: F401

@@ -21,6 +21,7 @@ they stop with `MissingWeightsError`, which names the options.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
@@ -134,16 +135,23 @@ def robustbench_state_dict(name: str) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+def strip_prefix(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without the key prefix (`module.`, `model.`, `module.model.`, ...) that fits `model` best."""
+    wanted = model.state_dict()
+    prefixes = {""} | {k[: len(k) - len(tail)] for k in state for tail in wanted if k.endswith("." + tail)}
+    best = max(sorted(prefixes), key=lambda p: sum(1 for k in wanted if p + k in state))
+    return {k[len(best):]: v for k, v in state.items() if k.startswith(best)}
+
+
 def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Strips the key prefix (`module.`, `model.`, `module.model.`, ...) that fits `model` best.
+    """The tensors of `state` (prefix stripped) that `model` has, checked for completeness and shape.
 
     Keys the model lacks (classifier heads, normalizers, the attacker copy of the robustness
     library) are ignored; a parameter of the model that the file lacks is an error.
     """
     wanted = model.state_dict()
-    prefixes = {""} | {k[: k.index(tail)] for k in state for tail in wanted if k.endswith(tail) and k != tail}
-    best = max(prefixes, key=lambda p: sum(1 for k in wanted if p + k in state))
-    matched = {k: state[best + k] for k in wanted if best + k in state}
+    state = strip_prefix(model, state)
+    matched = {k: state[k] for k in wanted if k in state}
     missing = [k for k in wanted if k not in matched and not k.endswith("num_batches_tracked")]
     if missing:
         raise MissingWeightsError(
@@ -266,21 +274,33 @@ class ViTFeatures(nn.Module):
         check_backbone_init(method, config)
         self.normalize = ImageNormalizer()
         self.blocks = tuple(int(b) for b in blocks)
+        if not self.blocks:
+            raise ValueError(f"method {method!r}: --config blocks needs at least one ViT block index")
         build = dict(pretrained=False, num_classes=0, img_size=image_size, **vit_kwargs)
         probe = timm.create_model(config.backbone, **build)
-        if config.backbone_init == "pretrained":
-            source = config.backbone_weights.strip()
+        source = config.backbone_weights.strip()
+        if config.backbone_init == "pretrained" and source:
             if source.startswith("robustbench:"):
                 state = robustbench_state_dict(source.split(":", 1)[1])
-                probe.load_state_dict(match_state_dict(probe, state, source), strict=False)
             else:
-                file = Path(source).expanduser() if source else cached_timm_file(probe)
-                if file is None or (config.robust_backbone and not source):
-                    raise MissingWeightsError(options_message(method, config))
-                if not file.is_file():
-                    raise MissingWeightsError(f"--config backbone_weights={source}: no such file")
-                build.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
-                probe = timm.create_model(config.backbone, **build)
+                state = read_state_dict(source)
+            state = strip_prefix(probe, state)
+            # timm's own filter resamples position / patch embeddings to this image and patch size
+            filter_fn = getattr(sys.modules[type(probe).__module__], "checkpoint_filter_fn", None)
+            if filter_fn is not None:
+                state = filter_fn(state, probe)
+            probe.load_state_dict(match_state_dict(probe, state, source), strict=False)
+        elif config.backbone_init == "pretrained":
+            file = cached_timm_file(probe)
+            if file is None or config.robust_backbone:
+                raise MissingWeightsError(options_message(method, config))
+            build.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
+            probe = timm.create_model(config.backbone, **build)
+        if max(self.blocks) > len(probe.blocks) or min(self.blocks) < 1:
+            raise ValueError(
+                f"method {method!r}: --config blocks={','.join(map(str, self.blocks))} outside the "
+                f"{len(probe.blocks)} blocks of {config.backbone}"
+            )
         self.vit = probe
         self.prefix_tokens = int(getattr(probe, "num_prefix_tokens", 1))
         self.patch_size = int(probe.patch_embed.patch_size[0])
