@@ -7,6 +7,7 @@ from robustad.attacks.threat_model import Norm, ThreatModel, ThreatModelViolatio
 # Registered attacks (explicit imports fill the registry).
 from robustad.attacks import fgsm, pgd  # noqa: E402,F401  isort: skip
 from robustad.attacks import apgd, autoattack, sea, segpgd, square  # noqa: E402,F401  isort: skip
+from robustad.attacks import a3, caa, simba  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ATTACKS",

@@ -1,0 +1,225 @@
+"""A³: Adaptive Auto Attack (Liu et al., CVPR 2022), adapted to anomaly maps.
+
+Paper: "Practical Evaluation of Adversarial Robustness via Adaptive Auto Attack",
+https://arxiv.org/abs/2203.05154; official code: github.com/liuye6666/adaptive_auto_attack.
+The PatchGuard paper (Table 4, appendix H) evaluates with A³ on the patch-wise flip loss.
+
+The algorithm, per batch:
+1. Rounds of margin-loss PGD with a cosine step-size schedule (from ε down to 0.1·ε for ≤ 10
+   steps, 0.001·ε otherwise), each round from a fresh random start in the ε-ball.
+2. Adaptive direction initialization (ADI): from round 1 on, a round begins with `adi_steps`
+   steps of size ε that maximize a random weighted sum of the outputs, Σ_u w_u·m_u (output
+   diversified initialization, ODI). A³ then biases the weights towards the directions that made
+   earlier ODI starts succeed: if at least 5% of the attacked images succeeded during the ADI steps
+   of rounds 1-2, the remaining rounds use biased weights and more ADI steps (the official code's
+   "bias" schedule); otherwise plain ODI weights and a shrinking set of images (the "explore"
+   schedule).
+3. Online statistics-based discarding: successful images leave the attack at once (they keep their
+   adversarial example), and each round attacks only the `fraction` of the unsuccessful images with
+   the highest best loss so far; the hard, low-loss images are discarded.
+The budget is `steps` gradient evaluations per image on average (default 100, the official
+`average_num`), shared by the whole batch; rounds stop when it is spent or the schedule ends.
+
+Changes for anomaly maps (this module's adaptation):
+- Units (cells of M(x), or the image score with the detection objective) are two-class outputs
+  with logits [0, m]. The margin loss is the objective's flip loss (default margin: mean logit of
+  normal units − mean logit of anomalous units); the ODI sum over the two logits is w_u·m_u.
+- Biased ODI weights: w_u = β·s_u + (1 − |β|)·U(−1, 1), with s_u = +1 for a normal unit and −1 for
+  an anomalous one (the flip direction) and β = ±0.8 with the sign of the flip-aligned component
+  mean_u(w_u·s_u) summed over the ODI weights of images that succeeded during ADI steps (the
+  official code's statistics of successful directions, reduced to one weight per unit). The 0.8
+  is the official code's bias on the target-class weight.
+- Success (there is no misclassification): `robustad.attacks.flip_success` — an image succeeds
+  when at least `success_fraction` (default 1.0) of its units have crossed a threshold against
+  their targets: by default, past every clean unit of the other kind in the batch (then a fully
+  successful batch has AUROC 0); `threshold=τ` uses one fixed logit instead (τ = 0: sigmoid 0.5).
+- The discarding fraction is applied per batch, with at least one image attacked per round (the
+  official code's floor of 100 images is for a 10,000-image test set).
+- Every image returns its best-loss iterate (AUROC has no success threshold), successful or not.
+
+Threat model: L∞ (sign steps) and L2 (normalized-gradient steps, ε-ball projection); every
+iterate is projected onto the ε-ball and [0, 1]. Deterministic under `seed`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from robustad.attacks.attack import Attack, keep_best
+from robustad.attacks.flip_success import clean_thresholds, image_success
+from robustad.attacks.registry import register_attack
+from robustad.attacks.threat_model import ascent_direction, project, random_start
+
+ADI_SUCCESS_SHARE = 0.05  # official code: bias ADI when ≥ 5% of images succeeded in ADI steps
+ODI_BIAS = 0.8  # official code: weight given to the biased logit
+
+
+@dataclass(frozen=True)
+class A3Round:
+    """One restart: attack `fraction` of the unsuccessful images, `adi_steps` ODI steps then `steps` margin steps."""
+
+    fraction: float
+    adi_steps: int
+    steps: int
+
+
+def _repeat(round_: A3Round, times: int) -> tuple[A3Round, ...]:
+    return (round_,) * times
+
+
+# Rounds 0-2 of the official code (round 0: no ADI; rounds 1-2 gather ADI statistics).
+OPENING_ROUNDS = (A3Round(1.0, 0, 8), A3Round(1.0, 7, 8), A3Round(1.0, 7, 8))
+# Rounds 3-12 when ADI rarely succeeds: plain ODI, fewer images, more steps.
+EXPLORE_ROUNDS = (
+    A3Round(0.7, 7, 25), A3Round(0.6, 7, 30), A3Round(0.5, 7, 30), A3Round(0.4, 7, 35),
+    A3Round(0.3, 7, 40), A3Round(0.2, 7, 45), A3Round(0.1, 7, 50),
+    *_repeat(A3Round(0.1, 7, 50), 4), *_repeat(A3Round(0.065, 7, 55), 4), *_repeat(A3Round(0.03, 7, 60), 50),
+)
+# Rounds 3-12 when ADI succeeds often: biased ODI, every unsuccessful image.
+BIASED_ROUNDS = (
+    *_repeat(A3Round(1.0, 10, 5), 10), A3Round(1.0, 15, 5), A3Round(1.0, 15, 10), A3Round(1.0, 10, 10),
+    A3Round(1.0, 10, 15), A3Round(1.0, 10, 18), A3Round(1.0, 10, 20),
+    *_repeat(A3Round(0.8, 10, 25), 5), *_repeat(A3Round(0.5, 10, 35), 5), *_repeat(A3Round(0.5, 10, 45), 20),
+)
+
+
+def cosine_step_size(eps: float, step: int, steps: int) -> float:
+    """A³'s step size at margin step `step` of `steps`: cosine decay from ε to 0.1·ε (≤ 10 steps) or 0.001·ε."""
+    low = eps * (0.1 if steps <= 10 else 0.001)
+    return low + (eps - low) * (1 + math.cos(math.pi * step / (steps + 1))) / 2
+
+
+@register_attack("a3")
+class A3(Attack):
+    """Adaptive Auto Attack (A³): ADI-initialized margin PGD with online discarding."""
+
+    name = "a3"
+    default_steps = 100
+
+    def __init__(self, threat, *, success_fraction: float = 1.0, threshold: float | None = None, **kwargs):
+        super().__init__(threat, **kwargs)
+        if not 0.0 < float(success_fraction) <= 1.0:
+            raise ValueError(f"a3: success_fraction must be in (0, 1], got {success_fraction}")
+        self.success_fraction = float(success_fraction)
+        self.threshold = None if threshold is None else float(threshold)
+        self.last_rounds: list[dict] = []  # per-round log of the last call (attacked, succeeded, cost)
+
+    def perturb(self, objective, images):
+        t = self.threat
+        gen = self.generator()
+        n = images.shape[0]
+        with torch.no_grad():
+            clean_logits = objective.unit_logits(images)
+        targets = objective.targets
+        tau = self.threshold if self.threshold is not None else clean_thresholds(clean_logits, targets)
+        state = _State(
+            best_loss=objective.loss_from_logits(clean_logits),
+            best_adv=images.clone(),
+            success=image_success(clean_logits, targets, tau, self.success_fraction),
+            tau=tau,
+        )
+        budget, used = t.steps * n, 0
+        self.last_rounds = []
+        schedule = list(OPENING_ROUNDS)
+        adi_attacked = adi_succeeded = 0
+        biased = False
+        r = 0
+        while used < budget:
+            if r == len(OPENING_ROUNDS):
+                biased = adi_attacked > 0 and adi_succeeded >= ADI_SUCCESS_SHARE * adi_attacked
+                schedule += BIASED_ROUNDS if biased else EXPLORE_ROUNDS
+            if r >= len(schedule):
+                break
+            chosen = self._select(state, schedule[r].fraction)
+            if chosen.numel() == 0:
+                break
+            per_image = (budget - used) // chosen.numel()
+            if per_image < 1:
+                break
+            adi = min(schedule[r].adi_steps, per_image // 2)
+            steps = min(schedule[r].steps, per_image - adi)
+            cost, adi_wins = self._round(objective, images, chosen, state, adi, steps, biased and r >= len(OPENING_ROUNDS), gen)
+            used += cost
+            if 1 <= r < len(OPENING_ROUNDS):
+                adi_attacked += chosen.numel()
+                adi_succeeded += adi_wins
+            self.last_rounds.append(
+                {"round": r, "attacked": int(chosen.numel()), "adi_steps": adi, "steps": steps,
+                 "succeeded": int(state.success.sum()), "cost": int(cost), "biased": bool(biased)}
+            )
+            r += 1
+        return state.best_adv
+
+    # -- one round ---------------------------------------------------------------------------------
+    @staticmethod
+    def _select(state: "_State", fraction: float) -> torch.Tensor:
+        """Indices of the `fraction` of unsuccessful images with the highest best loss (at least one)."""
+        open_ = torch.nonzero(~state.success).flatten()
+        if open_.numel() == 0:
+            return open_
+        keep = max(1, math.ceil(fraction * open_.numel() - 1e-9))
+        order = torch.argsort(state.best_loss[open_], descending=True, stable=True)
+        return open_[order[:keep]].sort().values
+
+    def _round(self, objective, images, chosen, state, adi_steps, steps, biased, gen):
+        """Runs one restart on `chosen`; returns (gradient evaluations spent, images won during ADI)."""
+        t = self.threat
+        sub = objective.subset(chosen)
+        clean = images[chosen]
+        flip_sign = 1.0 - 2.0 * sub.targets  # +1: raise (normal unit), −1: lower (anomalous unit)
+        weights = torch.rand(flip_sign.shape, generator=gen, device="cpu").to(flip_sign) * 2 - 1
+        if biased:
+            beta = ODI_BIAS * (1.0 if state.direction_sum >= 0 else -1.0)
+            weights = beta * flip_sign + (1 - abs(beta)) * weights
+        adv = random_start(clean, t.norm, t.eps, gen)
+        alive = torch.ones(len(chosen), dtype=torch.bool, device=images.device)
+        cost = adi_wins = 0
+        total = adi_steps + steps
+        for i in range(total + 1):
+            rows = torch.nonzero(alive).flatten()
+            if rows.numel() == 0:
+                break
+            last = i == total
+            x = adv[rows].detach().requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                logits = sub.subset(rows).unit_logits(x)
+                loss = sub.subset(rows).loss_from_logits(logits)
+                if not last:
+                    ascent = (logits * weights[rows]).sum() if i < adi_steps else loss.sum()
+                    (grad,) = torch.autograd.grad(ascent, x)
+                    cost += rows.numel()
+            # the point just evaluated: keep its loss, check success
+            won = image_success(logits.detach(), sub.targets[rows], state.tau, self.success_fraction)
+            state.update(chosen[rows], loss.detach(), x.detach(), won)
+            if i <= adi_steps and i >= 1:
+                adi_wins += int(won.sum())
+                state.direction_sum += float((weights[rows][won] * flip_sign[rows][won]).mean(1).sum()) if won.any() else 0.0
+            alive[rows[won]] = False
+            if last:
+                break
+            size = t.eps if i < adi_steps else cosine_step_size(t.eps, i - adi_steps, steps)
+            step = adv[rows] + size * ascent_direction(grad.detach(), t.norm)
+            adv[rows] = project(step, clean[rows], t.norm, t.eps)
+        return cost, adi_wins
+
+    def describe(self):
+        return {**super().describe(), "success_fraction": self.success_fraction, "threshold": self.threshold}
+
+
+@dataclass
+class _State:
+    """Per-image state across rounds: best loss and iterate, success, τ, ADI direction statistics."""
+
+    best_loss: torch.Tensor
+    best_adv: torch.Tensor
+    success: torch.Tensor
+    tau: "float | tuple[float, float]"
+    direction_sum: float = 0.0
+
+    def update(self, index, loss, adv, won):
+        best_loss, best_adv = keep_best(self.best_loss[index], self.best_adv[index], loss, adv)
+        self.best_loss[index] = best_loss
+        self.best_adv[index] = best_adv
+        self.success[index] = self.success[index] | won
