@@ -27,7 +27,8 @@ for object categories and uses the whole image for textures.
 
 Maps are cached on disk, one file per image, at
 `${ROBUSTAD_CACHE:-~/.cache/robustad}/foreground/<cnn>-ksoft<k>/<sha256 of the image>.pt`, where
-`<cnn>` names the network and the hash of its weights file; a cached map is never recomputed. The
+`<cnn>` names the network and the hash of its weights file (maps stored as float16, and returned as
+stored also on the first call); a cached map is never recomputed. The
 soft augmentations are seeded from the image's hash, so a map does not depend on call order.
 """
 from __future__ import annotations

@@ -12,17 +12,17 @@ Usage (what training calls)::
 
 "ours" (`ForegroundAwareGenerator`), as the paper describes it: the foreground map G(x)
 (`foreground.py`) marks where anomalies may go; an anchor is drawn uniformly among the pixels where
-G(x) ≥ 0.25 (the paper says "sampled from it" without a threshold); a rectangle of width
+G(x) ≥ 0.25·max G(x) (the paper says "sampled from it" without a threshold); a rectangle of width
 w ~ U(0.05W, 0.3W) and height h ~ U(0.05H, 0.3H), centred on the anchor and rotated by
 θ ~ U(−45°, 45°), is the mask; `k_hard` = 2 hard transforms (`hard_transforms.py`) are applied in
 sequence inside it only (Eq. 1). The official code differs: it crops a patch at one foreground
 point, distorts it (1 colour jitter + 0–4 other transforms at a random light/medium/heavy level),
 rotates it by U(−90°, 90°) and pastes it at another foreground point, with per-category pixel bounds
-on its size; its foreground masks are downloaded, binary, and dilated by 10 px.
+on its size; its foreground masks are downloaded, binary, and dilated by 10 px. Such masks (or any
+other map) can be used through `ForegroundAwareGenerator.set_foreground_maps` instead of `prepare`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
