@@ -124,7 +124,9 @@ def cmd_table(args) -> int:
     _, problems = load_records(args.results)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    paths = write_tables(args.results, layout=args.layout, task=args.task, fmt=args.format)
+    filters = {k: getattr(args, k) for k in ("method", "dataset", "attack", "steps", "objective", "norm", "eps", "profile")}
+    paths = write_tables(args.results, layout=args.layout, task=args.task, fmt=args.format,
+                         **{k: v for k, v in filters.items() if v is not None})
     for path in paths:
         print(Path(path).read_text())
         print(f"written to {path}", file=sys.stderr)
@@ -162,6 +164,26 @@ def cmd_check(args) -> int:
     return 1 if any(r.passed is False for r in outcome) else 0
 
 
+def cmd_data(args) -> int:
+    from robustad.datasets.image_io import DatasetError
+
+    try:
+        if args.data_command == "info":
+            from robustad.datasets.info import dataset_info, format_dataset_info
+
+            info = dataset_info(args.dataset, args.root)
+            print(json.dumps(info, indent=1) if args.format == "json" else format_dataset_info(info))
+            return 1 if info.get("problems") or any(c.get("problems") for c in info["categories"].values()) else 0
+        from robustad.datasets.download import download_dataset
+
+        path = download_dataset(args.name, args.root, url=args.url, sha256=args.sha256)
+        print(f"{args.name} is ready in {path}")
+        return 0
+    except DatasetError as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Adversarial robustness benchmark for anomaly detection and localization")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--format", default="latex", choices=["latex", "markdown", "csv"])
     table.add_argument("--layout", default="methods", choices=["methods", "categories", "attacks"])
     table.add_argument("--task", default="ad", choices=["ad", "al"])
+    for name in ("method", "dataset", "attack", "objective", "norm", "eps", "profile"):
+        table.add_argument(f"--{name}", default=None, help=f"only records with this {name}")
+    table.add_argument("--steps", type=int, default=None, help="only records with this many attack steps")
     table.set_defaults(func=cmd_table)
 
     check = sub.add_parser("check", help="soundness checks of the evaluation of one method")
@@ -194,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--max-images", dest="max_images", type=int, default=32)
     check.add_argument("--margin", type=float, default=1.0, help="noise margin in AUROC points (default 1.0)")
     check.set_defaults(func=cmd_check)
+
+    data = sub.add_parser("data", help="inspect or download a dataset")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    info = data_sub.add_parser("info", help="counts and problems of a dataset tree, per category")
+    info.add_argument("--dataset", required=True)
+    info.add_argument("--root", default=None)
+    info.add_argument("--format", default="text", choices=["text", "json"])
+    download = data_sub.add_parser("download", help="download, verify (SHA-256) and extract a dataset")
+    download.add_argument("name")
+    download.add_argument("--root", required=True)
+    download.add_argument("--url", default=None, help="archive address (required where none is known)")
+    download.add_argument("--sha256", default=None, help="expected SHA-256 of the archive")
+    data.set_defaults(func=cmd_data)
 
     listing = sub.add_parser("list", help="list registered methods, attacks and datasets")
     listing.add_argument("kind", nargs="?", choices=["methods", "attacks", "datasets"])

@@ -22,7 +22,7 @@ Two layouts are read as they come, both as one category, "brain":
    patients. Training uses the normal slices of the other patients only; the test set holds every
    kept slice (normal and anomalous) of the test patients.
    Listing the slices reads every volume once; the per-case result is cached in
-   `$ROBUSTAD_CACHE_DIR` (default `~/.cache/robustad`) keyed by file size and mtime, so only the
+   `$ROBUSTAD_CACHE` (default `~/.cache/robustad`) keyed by file size and mtime, so only the
    first listing of a tree is slow. Reading a slice decompresses its volume (the last 4 are kept
    in memory), so shuffled training over the full dataset is slow: `export_slices(root, out)`
    writes the same slices and split once as 8-bit PNGs in layout 2, which reads fast.
@@ -53,6 +53,7 @@ from robustad.datasets.anomaly_dataset import DatasetFormat, Sample
 from robustad.datasets.image_io import DatasetError, image_tensor, list_images, mask_tensor, read_image_size
 from robustad.datasets.mvtec import find_same_stem
 from robustad.datasets.registry import register_dataset
+from robustad.bench.cache import cache_root
 
 BRATS_CATEGORY = "brain"
 MIN_BRAIN_FRACTION = 0.10
@@ -125,7 +126,7 @@ def select_slices(flair: np.ndarray, seg: np.ndarray) -> list[tuple[int, int]]:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("ROBUSTAD_CACHE_DIR", Path.home() / ".cache" / "robustad")).expanduser()
+    return cache_root()
 
 
 @register_dataset("brats2021")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ from robustad.datasets.image_io import DatasetError
 from robustad.datasets.mvtec import MVTecLayout
 from robustad.datasets.registry import register_dataset
 from robustad.datasets.surface_defects import DEFECT_KINDS, apply_defect
+from robustad.bench.cache import cache_root
 
 TEXTURES_VERSION = 1
 TEXTURE_PHOTOS = ("brick", "grass", "gravel", "immunohistochemistry", "hubble_deep_field")
@@ -160,8 +160,7 @@ def sha256(path: Path) -> str:
 
 def default_textures_root(seed: int = 0) -> Path:
     """`${ROBUSTAD_CACHE:-~/.cache/robustad}/textures-v<version>-seed<seed>`."""
-    cache = Path(os.environ.get("ROBUSTAD_CACHE") or "~/.cache/robustad").expanduser()
-    return cache / f"textures-v{TEXTURES_VERSION}-seed{seed}"
+    return cache_root() / f"textures-v{TEXTURES_VERSION}-seed{seed}"
 
 
 def read_manifest(root: Path) -> dict | None:

@@ -24,7 +24,7 @@ def defect(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.
     y, x = rng.integers(0, size - h), rng.integers(0, size - w)
     mask[y:y + h, x:x + w] = 255
     out = image.astype(np.float32)
-    factor = 0.45 if rng.random() < 0.5 else 1.6
+    factor = 0.6 if rng.random() < 0.5 else 1.45
     out[mask > 0] = np.clip(out[mask > 0] * factor, 0, 255)
     return out.astype(np.uint8), mask
 

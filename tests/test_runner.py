@@ -39,8 +39,8 @@ def test_bench_run_writes_one_record(mvtec_root, tmp_path, capsys):
     assert record["n_test"] == record["n_test_normal"] + record["n_test_anomalous"] == 12
     for block in ("clean", "adversarial"):
         assert set(record[block]) == {"image_auroc", "pixel_auroc", "pixel_aupro"}
-    assert record["clean"]["pixel_auroc"] > 80
-    assert record["adversarial"]["pixel_auroc"] < record["clean"]["pixel_auroc"] - 20
+    assert record["clean"]["pixel_auroc"] > 75
+    assert record["adversarial"]["pixel_auroc"] < record["clean"]["pixel_auroc"] - 15
     assert len(record["checkpoint_sha256"]) == 64
     assert record["checks"]["inside_threat_model"] is True
     assert "torch" in record["versions"]

@@ -58,7 +58,7 @@ class TinyDetector(Detector):
                 h, w = torch.randint(size // 6, size // 3, (2,), generator=gen).tolist()
                 y0 = int(torch.randint(0, size - h, (1,), generator=gen))
                 x0 = int(torch.randint(0, size - w, (1,), generator=gen))
-                factor = 0.45 if torch.rand(1, generator=gen) < 0.5 else 1.6
+                factor = 0.6 if torch.rand(1, generator=gen) < 0.5 else 1.45
                 x[j, :, y0:y0 + h, x0:x0 + w] = (x[j, :, y0:y0 + h, x0:x0 + w] * factor).clamp(0, 1)
                 masks[j, :, y0:y0 + h, x0:x0 + w] = 1
             logits = self(x)
