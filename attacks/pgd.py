@@ -8,6 +8,11 @@ Threat model: L∞ steps along sign(∇), L2 steps along ∇/||∇||₂; each st
 restart. With `keep_best=True` (default) each image gets the iterate with the highest loss seen,
 as AUROC has no success threshold; `keep_best=False` returns the last iterate (torchattacks'
 behaviour).
+
+Speed: each step takes the gradient with respect to the input only (parameters frozen, no
+parameter gradients), over the whole batch. `cuda_graph=True` (default False) replays each step
+as a CUDA graph on CUDA batches (`cuda_graph.py`: same kernels, far fewer launches; ignored on the
+CPU).
 """
 from __future__ import annotations
 
@@ -24,19 +29,25 @@ class PGD(Attack):
 
     name = "pgd"
 
-    def __init__(self, threat, *, keep_best: bool = True, **kwargs):
+    def __init__(self, threat, *, keep_best: bool = True, cuda_graph: bool = False, **kwargs):
         super().__init__(threat, **kwargs)
         self.keep_best = keep_best
+        self.cuda_graph = cuda_graph
 
     def perturb(self, objective, images):
         t = self.threat
         gen = self.generator()
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.clone()
+        loss_and_grad = objective.loss_and_grad
+        if self.cuda_graph and images.is_cuda:
+            from robustad.attacks.cuda_graph import GraphedLossAndGrad
+
+            loss_and_grad = GraphedLossAndGrad(objective)
         for _ in range(t.restarts):
             adv = random_start(images, t.norm, t.eps, gen) if t.random_start else images.clone()
             for _ in range(t.steps):
-                loss, grad = objective.loss_and_grad(adv)
+                loss, grad = loss_and_grad(adv)
                 if self.keep_best:
                     best_loss, best_adv = keep_best(best_loss, best_adv, loss, adv)
                 adv = project(adv + t.alpha * ascent_direction(grad, t.norm), images, t.norm, t.eps)
