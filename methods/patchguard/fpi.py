@@ -18,18 +18,11 @@ from robustad.methods.patchguard.pseudo_anomalies import (
     PseudoAnomalyGenerator,
     check_batch,
     check_images,
+    draw_other_indices,
     register_generator,
     rotated_rectangle_masks,
     uniform,
 )
-
-
-def draw_other_indices(indices: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """For each index, a uniformly drawn different index in [0, count) (the same one when count == 1)."""
-    if count == 1:
-        return indices.clone()
-    offsets = torch.randint(1, count, indices.shape, generator=generator)
-    return (indices + offsets) % count
 
 
 @register_generator("fpi")

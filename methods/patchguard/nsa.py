@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from scipy import fft, ndimage
 
-from robustad.methods.patchguard.fpi import draw_other_indices
 from robustad.methods.patchguard.pseudo_anomalies import (
     PseudoAnomalyGenerator,
     check_batch,
     check_images,
+    draw_other_indices,
     register_generator,
 )
 

@@ -84,6 +84,14 @@ def uniform(generator: torch.Generator, low: float | torch.Tensor, high: float |
     return low + (high - low) * torch.rand(count, generator=generator)
 
 
+def draw_other_indices(indices: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """For each index, a uniformly drawn different index in [0, count) (the same one when count == 1)."""
+    if count == 1:
+        return indices.clone()
+    offsets = torch.randint(1, count, indices.shape, generator=generator)
+    return (indices + offsets) % count
+
+
 def rotated_rectangle_masks(centres: torch.Tensor, sizes: torch.Tensor, angles: torch.Tensor,
                             height: int, width: int) -> torch.Tensor:
     """Masks (B, 1, H, W) in {0, 1} of rectangles: centres (B, 2) as (x, y) in pixels, sizes (B, 2) as
