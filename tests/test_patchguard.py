@@ -277,11 +277,15 @@ def test_image_attention_degrees_of_a_model():
         image_attention_degrees(detector, torch.rand(1, 3, 32, 32), layer=5)
 
 
-def test_attention_degree_report_and_figure(tmp_path, trained_tiny):
+def test_attention_degree_report_and_figure(tmp_path, mvtec_root):
     from robustad.attacks import create_attack
+    from robustad.datasets import create_dataset
     from robustad.methods.patchguard.attention_degree import attention_degree_report, plot_vulnerability
 
-    _, images, masks, labels = trained_tiny
+    test = create_dataset("mvtec", root=mvtec_root, category="alpha", split="test", image_size=32)
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    masks = torch.stack([test[i]["mask"] for i in range(len(test))])
+    labels = torch.tensor([test[i]["label"] for i in range(len(test))])
     torch.manual_seed(0)
     detector = tiny().eval()
     dataset = [{"image": images[i], "mask": masks[i], "label": int(labels[i]), "path": f"{i}"} for i in range(len(images))]
@@ -294,3 +298,27 @@ def test_attention_degree_report_and_figure(tmp_path, trained_tiny):
     plot_vulnerability(per_cluster, tmp_path / "fig2.png")
     assert (tmp_path / "fig2.png").stat().st_size > 1000
     assert not math.isnan(per_image["attention_degree"].iloc[0])
+
+
+def test_texture_datasets_resolve_auto_foreground_to_full():
+    from types import SimpleNamespace
+
+    from robustad.methods.patchguard.detector import generator_config
+
+    config = tiny().config
+    textures = SimpleNamespace(format=SimpleNamespace(whole_image_foreground=True))
+    objects = SimpleNamespace(format=SimpleNamespace(whole_image_foreground=False))
+    assert generator_config(config, textures).foreground == "full"
+    assert generator_config(config, objects).foreground == "auto"
+    assert generator_config(tiny(foreground="resnet18").config, textures).foreground == "resnet18"
+
+
+@pytest.mark.parametrize("generator", ["ours", "cutpaste"])
+def test_fit_with_the_real_pseudo_anomaly_generators(mvtec_root, generator):
+    from robustad.datasets import create_dataset
+
+    train = create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=32)
+    torch.manual_seed(0)
+    detector = tiny(epochs=1, pseudo_anomaly=generator, foreground="full", train_steps=1)
+    detector.fit(train)
+    assert torch.isfinite(detector(torch.rand(1, 3, 32, 32))).all()

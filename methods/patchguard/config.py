@@ -146,7 +146,10 @@ class PatchGuardConfig(DetectorConfig):
 
 PAPER = PatchGuardConfig()
 
-# Sized for a 2-core CPU: the same code path with smaller images, model, epochs and training PGD.
+# The same code path with smaller images, model and training PGD (5 steps instead of 10). The
+# optimizer-step count decides robustness: on textures/brick (64 images → 4 steps per epoch),
+# 200 epochs gave pixel AUROC 89.4 clean / 42.6 under PGD-20, 30 epochs only 57.8 / 2.9 (clean
+# training: 92.9 / 3.7). bf16 autocast in training: AMX CPUs and GPUs run it much faster.
 QUICK = PatchGuardConfig(
     image_size=64,
     patch_size=8,
@@ -155,7 +158,7 @@ QUICK = PatchGuardConfig(
     vit_heads=3,
     disc_heads=2,
     disc_mlp_dim=384,
-    epochs=30,
+    epochs=200,
     train_steps=5,
     train_precision="bf16",
 )

@@ -8,6 +8,8 @@ training (see `adversarial_training.py`); every paper ablation is a config field
 """
 from __future__ import annotations
 
+import dataclasses
+
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,18 @@ def build_pseudo_anomaly_generator(config: PatchGuardConfig):
         k_soft=config.k_soft,
         k_hard=config.k_hard,
     )
+
+
+def generator_config(config: PatchGuardConfig, train_set) -> PatchGuardConfig:
+    """`config` with foreground="auto" resolved to "full" on texture datasets.
+
+    A dataset format with `whole_image_foreground` (textures, WFDD, DTD-Synthetic) is all
+    foreground, as in the official code; no Grad-CAM network (or its weights) is needed there.
+    """
+    whole = getattr(getattr(train_set, "format", None), "whole_image_foreground", False)
+    if config.foreground == "auto" and whole:
+        return dataclasses.replace(config, foreground="full")
+    return config
 
 
 def training_images(train_set, image_size: int, patch_size: int) -> torch.Tensor:
@@ -115,7 +129,7 @@ class PatchGuard(Detector):
         device = next(self.parameters()).device
         seed = int(torch.randint(0, 2**31 - 1, (1,)))  # drawn from the global RNG: deterministic under manual_seed
         generator = torch.Generator().manual_seed(seed)
-        pseudo = build_pseudo_anomaly_generator(config)
+        pseudo = build_pseudo_anomaly_generator(generator_config(config, train_set))
         pseudo.prepare(images)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
