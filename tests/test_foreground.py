@@ -40,6 +40,14 @@ def test_auto_falls_back_to_efficientnet_without_resnet_weights(empty_torch_home
     assert resolve_cnn("full") is None
 
 
+def test_auto_prefers_resnet18_in_the_torch_hub_cache(empty_torch_home, resnet18_weights):
+    cached = empty_torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(resnet18_weights.read_bytes())
+    assert resolve_cnn("auto") == resolve_cnn("resnet18")
+    assert resolve_cnn("auto").architecture == "resnet18" and resolve_cnn("auto").weights_path == cached
+
+
 def test_resnet18_without_weights_names_the_options(empty_torch_home):
     with pytest.raises(ForegroundWeightsError) as err:
         resolve_cnn("resnet18")
