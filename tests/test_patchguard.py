@@ -280,7 +280,10 @@ def test_image_attention_degrees_of_a_model():
 def test_attention_degree_report_and_figure(tmp_path, mvtec_root):
     from robustad.attacks import create_attack
     from robustad.datasets import create_dataset
-    from robustad.methods.patchguard.attention_degree import attention_degree_report, plot_vulnerability
+    import pandas as pd
+
+    from robustad.methods.patchguard.attention_degree import (
+        attention_degree_report, plot_vulnerability, save_attention_degree_report)
 
     test = create_dataset("mvtec", root=mvtec_root, category="alpha", split="test", image_size=32)
     images = torch.stack([test[i]["image"] for i in range(len(test))])
@@ -297,6 +300,8 @@ def test_attention_degree_report_and_figure(tmp_path, mvtec_root):
     assert anomalous["pixel_auroc_clean"].notna().all() and per_image[per_image.label == 0]["pixel_auroc_clean"].isna().all()
     plot_vulnerability(per_cluster, tmp_path / "fig2.png")
     assert (tmp_path / "fig2.png").stat().st_size > 1000
+    paths = save_attention_degree_report(per_image, per_cluster, tmp_path / "report")
+    assert len(pd.read_csv(paths["images"])) == len(images) and paths["figure"].exists()
     assert not math.isnan(per_image["attention_degree"].iloc[0])
 
 

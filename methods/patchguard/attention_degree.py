@@ -128,3 +128,21 @@ def plot_vulnerability(per_cluster: pd.DataFrame, path, title: str = "") -> None
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def save_attention_degree_report(per_image: pd.DataFrame, per_cluster: pd.DataFrame, out_dir, title: str = "") -> dict:
+    """Writes attention_degree_images.csv, attention_degree_clusters.csv and attention_degree.png
+    (Figure 2) into `out_dir`; returns {kind: path}."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "images": out / "attention_degree_images.csv",
+        "clusters": out / "attention_degree_clusters.csv",
+        "figure": out / "attention_degree.png",
+    }
+    per_image.to_csv(paths["images"], index=False)
+    per_cluster.to_csv(paths["clusters"], index=False)
+    plot_vulnerability(per_cluster, paths["figure"], title)
+    return paths
