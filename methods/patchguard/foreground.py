@@ -47,6 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from robustad.bench.cache import cache_root
+
 FOREGROUND_CHOICES = ("auto", "resnet18", "efficientnet_lite0", "full")
 CNN_INPUT_SIZE = 224  # the CNN's ImageNet scale; at 128 px its 4x4 map no longer finds the object
 GRADCAM_BATCH_SIZE = 32
@@ -62,7 +64,7 @@ class ForegroundWeightsError(FileNotFoundError):
 
 def default_cache_dir() -> Path:
     """`$ROBUSTAD_CACHE` or `~/.cache/robustad`."""
-    return Path(os.environ.get("ROBUSTAD_CACHE") or Path.home() / ".cache" / "robustad")
+    return cache_root()
 
 
 def resnet18_cache_path() -> Path:
