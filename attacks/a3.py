@@ -49,6 +49,7 @@ import torch
 
 from robustad.attacks.attack import Attack, keep_best
 from robustad.attacks.flip_success import clean_thresholds, image_success
+from robustad.attacks.objectives import FlipLoss, Objective
 from robustad.attacks.registry import register_attack
 from robustad.attacks.threat_model import ascent_direction, project, random_start
 
@@ -98,8 +99,11 @@ class A3(Attack):
     name = "a3"
     default_steps = 100
 
-    def __init__(self, threat, *, success_fraction: float = 1.0, threshold: float | None = None, **kwargs):
-        super().__init__(threat, **kwargs)
+    def __init__(
+        self, threat, *, success_fraction: float = 1.0, threshold: float | None = None,
+        objective: str | Objective = Objective.LOCALIZATION, loss: str | FlipLoss = FlipLoss.MARGIN,
+    ):
+        super().__init__(threat, objective=objective, loss=loss)
         if not 0.0 < float(success_fraction) <= 1.0:
             raise ValueError(f"a3: success_fraction must be in (0, 1], got {success_fraction}")
         self.success_fraction = float(success_fraction)

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from robustad.attacks.apgd import MOMENTUM, RHO, checkpoint_lengths
 from robustad.attacks.attack import Attack, keep_best
 from robustad.attacks.flip_success import clean_thresholds, image_success
-from robustad.attacks.objectives import FlipLoss
+from robustad.attacks.objectives import FlipLoss, Objective
 from robustad.attacks.registry import register_attack
 from robustad.attacks.threat_model import Norm, ascent_direction, project, random_start
 
@@ -102,8 +102,11 @@ class CAA(Attack):
     name = "caa"
     default_steps = 200
 
-    def __init__(self, threat, *, policy: tuple[PolicyStep, ...] | None = None, **kwargs):
-        super().__init__(threat, **kwargs)
+    def __init__(
+        self, threat, *, policy: tuple[PolicyStep, ...] | None = None,
+        objective: str | Objective = Objective.LOCALIZATION, loss: str | FlipLoss = FlipLoss.MARGIN,
+    ):
+        super().__init__(threat, objective=objective, loss=loss)
         self.policy = tuple(policy) if policy is not None else POLICIES[self.threat.norm]
         for step in self.policy:
             if step.attack not in MEMBERS:

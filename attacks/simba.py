@@ -33,6 +33,7 @@ import torch
 
 from robustad.attacks.attack import Attack
 from robustad.attacks.dct import DCTBasis, low_frequency_order
+from robustad.attacks.objectives import FlipLoss, Objective
 from robustad.attacks.registry import register_attack
 from robustad.attacks.threat_model import Norm, project
 
@@ -47,8 +48,11 @@ class SimBA(Attack):
     name = "simba"
     default_steps = 1000
 
-    def __init__(self, threat, *, basis: str = "dct", **kwargs):
-        super().__init__(threat, **kwargs)
+    def __init__(
+        self, threat, *, basis: str = "dct",
+        objective: str | Objective = Objective.LOCALIZATION, loss: str | FlipLoss = FlipLoss.MARGIN,
+    ):
+        super().__init__(threat, objective=objective, loss=loss)
         basis = str(basis).lower()
         if basis not in BASES:
             raise ValueError(f"simba: unknown basis {basis!r}; expected one of {', '.join(BASES)}")
