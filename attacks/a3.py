@@ -38,7 +38,11 @@ Changes for anomaly maps (this module's adaptation):
 - Every image returns its best-loss iterate (AUROC has no success threshold), successful or not.
 
 Threat model: L∞ (sign steps) and L2 (normalized-gradient steps, ε-ball projection); every
-iterate is projected onto the ε-ball and [0, 1]. Deterministic under `seed`.
+iterate is projected onto the ε-ball and [0, 1]. Deterministic under `seed`. The threat model's
+`step_size`, `restarts` and `random_start` are not used: A³ sets its own step sizes, rounds and
+random starts. Batch-level parts (the budget, the discarding fraction, the ADI statistics and the
+default success thresholds) make the result depend on how a test set is split into batches, as
+the official code's dataset-level statistics depend on the test set.
 """
 from __future__ import annotations
 

@@ -44,7 +44,9 @@ after the first is not also run from the clean images (that doubles the cost and
 worst case over two runs).
 
 Every image returns the iterate with the highest flip loss seen across all members (AUROC has no
-success threshold). Deterministic under `seed`.
+success threshold). Deterministic under `seed`. The threat model's `step_size`, `restarts` and
+`random_start` are not used: each member starts at a random point of its own ball and adapts its
+own step size.
 """
 from __future__ import annotations
 

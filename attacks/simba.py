@@ -25,7 +25,7 @@ objective) instead of lowering the true-class probability; there is no early sto
 misclassification (AUROC has no threshold), so every image uses its whole budget. A black-box
 attack must not beat the white-box ones on the same model (else the gradients are masked). The
 iterate only ever moves to a higher loss, so the returned point is each image's best one.
-Deterministic under `seed`.
+Deterministic under `seed`; the threat model's `restarts` and `random_start` are not used.
 """
 from __future__ import annotations
 
