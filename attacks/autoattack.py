@@ -12,8 +12,8 @@ the DLR loss component in AutoAttack with a PGD attack". Members here, each on e
    boundary of a target class; with binary units there is no target class to choose and, AUROC
    having no threshold, no boundary to reach, so its slot runs APGD on the non-saturating margin
    loss (APGD-T's role in the original: a margin loss with APGD's schedule);
-4. `square`: Square Attack, `square_queries` queries (L∞ only; under L2 AutoAttack runs members
-   1–3, as Square's L2 variant is not implemented here).
+4. `square`: Square Attack (`attacks/square.py`), `square_queries` queries, L∞ or L2;
+   `square_queries=0` leaves it out.
 
 The result is, per image, the member output with the highest margin flip loss (AutoAttack keeps
 the first point that fools; AUROC has no "fooled", so the worst case is the highest loss).
@@ -38,7 +38,7 @@ from robustad.attacks.threat_model import ThreatModel
 
 @register_attack("autoattack")
 class AutoAttack(Attack):
-    """The per-image worst case over APGD-CE, PGD-margin, APGD-margin and (L∞) Square."""
+    """The per-image worst case over APGD-CE, PGD-margin, APGD-margin and Square."""
 
     name = "autoattack"
     default_steps = 100

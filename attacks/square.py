@@ -1,20 +1,23 @@
 """Square Attack: score-based black-box random search (Andriushchenko et al., ECCV 2020).
 
-https://arxiv.org/abs/1912.00049, the black-box member of AutoAttack. L∞ version: start from
-vertical stripes of ±ε (one random sign per column and channel); at each query pick a random
-square window of side s and give it a fresh ±ε per channel; keep the proposal when the loss
-increases. The window covers a fraction p of the image, p = p_init halved at queries 10, 50, 200,
-500, 1000, 2000, 4000, 6000, 8000 of a 10,000-query budget (rescaled to the given budget).
+https://arxiv.org/abs/1912.00049, the black-box member of AutoAttack (reference code
+fra31/auto-attack, `square.py`). Each query changes one random square window of side s covering a
+fraction p of the image, p = p_init halved at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000,
+8000 of a 10,000-query budget (rescaled to the given budget); a proposal is kept when the loss
+increases.
+- L∞: start from vertical stripes of ±ε (one random sign per column and channel); a proposal
+  gives the window a fresh ±ε per channel.
+- L2: start from a grid of ±"pseudo-Gaussian" bumps scaled to norm ε; a proposal moves the
+  perturbation mass of a second window into the first, adds a fresh ± two-bump pattern there,
+  and rescales the whole perturbation to norm ε (windows shared by the batch, as the reference).
 
 Changes for anomaly maps: the loss is the margin flip loss of the detector's units (mean normal
 logit − mean anomalous logit, `attacks/objectives.py`) in place of the classification margin, and
 every image is attacked for the whole budget (AUROC has no "fooled" point to stop at); each image
-returns its best point, which is the current point of a random search that only accepts gains.
+returns its best point (the clean image if no query beat it), as the search only accepts gains.
 
 Defaults (`create_attack("square")`): 5,000 queries (AutoAttack's standard setting; `square-1000`
-sets the count, each query is one forward of the batch), p_init = 0.8. Supports L∞ only; the L2
-variant's pattern updates are not implemented (AutoAttack under L2 runs without it, see
-`attacks/autoattack.py`).
+sets the count, each query is one forward of the batch), p_init = 0.8, L∞ or L2.
 """
 from __future__ import annotations
 
@@ -37,12 +40,41 @@ def window_fraction(p_init: float, query: int, budget: int) -> float:
     return p_init / 2 ** halvings
 
 
+def random_signs(shape, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
+
+
+def unit_l2(delta: torch.Tensor) -> torch.Tensor:
+    """Each image's perturbation scaled to L2 norm 1."""
+    return delta / delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (delta.dim() - 1))
+
+
+def bump(rows: int, cols: int) -> torch.Tensor:
+    """A (rows, cols) "pseudo-Gaussian" bump of unit L2 norm: the sum of 1/(k+1)² over the
+    centred squares of radius k ≥ the Chebyshev distance to the centre."""
+    i = torch.arange(rows).view(-1, 1)
+    j = torch.arange(cols).view(1, -1)
+    distance = torch.maximum((i - rows // 2).abs(), (j - cols // 2).abs())
+    radii = max(rows // 2, cols // 2) + 1
+    weights = 1.0 / (torch.arange(radii, dtype=torch.float32) + 1) ** 2
+    tails = weights.flip(0).cumsum(0).flip(0)
+    out = tails[distance]
+    return out / out.norm()
+
+
+def two_bump_pattern(side: int, generator: torch.Generator) -> torch.Tensor:
+    """The L2 update pattern (side, side): a bump on one half and minus a bump on the other,
+    unit L2 norm, transposed with probability ½."""
+    pattern = torch.cat([bump(side // 2, side), -bump(side - side // 2, side)], dim=0)
+    pattern = pattern / pattern.norm()
+    return pattern.T if float(torch.rand(1, generator=generator)) > 0.5 else pattern
+
+
 @register_attack("square")
 class Square(Attack):
-    """Square Attack (L∞) on the margin flip loss; forward passes only."""
+    """Square Attack (L∞ or L2) on the margin flip loss; forward passes only."""
 
     name = "square"
-    norms = (Norm.LINF,)
     default_steps = 5000
 
     def __init__(self, threat, *, p_init: float = 0.8, **kwargs):
@@ -53,13 +85,19 @@ class Square(Attack):
 
     @torch.no_grad()
     def perturb(self, objective, images):
+        search = self._search_linf if self.threat.norm == Norm.LINF else self._search_l2
+        adv, best = search(objective, images)
+        clean = objective.loss(images, FlipLoss.MARGIN)
+        # The start can be worse than the clean image for an image no query improved.
+        return torch.where((clean > best).view(-1, 1, 1, 1), images, adv)
+
+    def _search_linf(self, objective, images):
         eps, budget = self.threat.eps, self.threat.steps
         gen = self.generator()
         batch, channels, height, width = images.shape
         signs = torch.randint(0, 2, (batch, channels, 1, width), generator=gen).to(images) * 2 - 1
         adv = (images + eps * signs).clamp(0.0, 1.0)
         best = objective.loss(adv, FlipLoss.MARGIN)
-        clean = objective.loss(images, FlipLoss.MARGIN)
         rows = torch.arange(height, device=images.device).view(1, 1, height, 1)
         cols = torch.arange(width, device=images.device).view(1, 1, 1, width)
         for query in range(1, budget):
@@ -79,8 +117,51 @@ class Square(Attack):
             better = loss > best
             best = torch.where(better, loss, best)
             adv = torch.where(better.view(-1, 1, 1, 1), proposal, adv)
-        # The stripes start can be worse than the clean image for an image no query improved.
-        return torch.where((clean > best).view(-1, 1, 1, 1), images, adv)
+        return adv, best
+
+    def _search_l2(self, objective, images):
+        eps, budget = self.threat.eps, self.threat.steps
+        gen = self.generator()
+        batch, channels, height, width = images.shape
+        tile = max(height // 5, 2)
+        delta = torch.zeros_like(images)
+        top0, left0 = (height - tile * (height // tile)) // 2, (width - tile * (width // tile)) // 2
+        for top in range(top0, height - tile + 1, tile):
+            for left in range(left0, width - tile + 1, tile):
+                signs = random_signs((batch, channels, 1, 1), gen).to(images)
+                delta[:, :, top:top + tile, left:left + tile] += signs * two_bump_pattern(tile, gen).to(images)
+        adv = (images + eps * unit_l2(delta)).clamp(0.0, 1.0)
+        best = objective.loss(adv, FlipLoss.MARGIN)
+        for query in range(1, budget):
+            p = window_fraction(self.p_init, query, budget)
+            side = max(int(round(math.sqrt(p * height * width))), 3)
+            side = min(side + (side % 2 == 0), height, width)
+            top, left, top2, left2 = (
+                int(torch.randint(0, limit - side + 1, (1,), generator=gen)) for limit in (height, width, height, width)
+            )
+            first = (..., slice(top, top + side), slice(left, left + side))
+            second = (..., slice(top2, top2 + side), slice(left2, left2 + side))
+            delta = adv - images
+            union = torch.zeros_like(images[:1, :1])
+            union[first] = 1.0
+            union[second] = 1.0
+            norm_first = delta[first].pow(2).sum((-2, -1), keepdim=True).sqrt()
+            norm_union = (delta * union).pow(2).sum((-2, -1), keepdim=True).sqrt()
+            norm_image = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            fresh = random_signs((batch, channels, 1, 1), gen).to(images) * two_bump_pattern(side, gen).to(images)
+            window = fresh + delta[first] / (norm_first + 1e-12)
+            # The window takes the mass of both windows plus what the image lacks to reach ε.
+            mass = ((eps**2 - norm_image**2).clamp_min(0.0) / channels + norm_union**2).sqrt()
+            window = window / (window.pow(2).sum((-2, -1), keepdim=True).sqrt() + 1e-12) * mass
+            proposal_delta = delta.clone()
+            proposal_delta[second] = 0.0
+            proposal_delta[first] = window
+            proposal = (images + eps * unit_l2(proposal_delta)).clamp(0.0, 1.0)
+            loss = objective.loss(proposal, FlipLoss.MARGIN)
+            better = loss > best
+            best = torch.where(better, loss, best)
+            adv = torch.where(better.view(-1, 1, 1, 1), proposal, adv)
+        return adv, best
 
     def describe(self):
         return {**super().describe(), "loss": "margin", "queries": self.threat.steps, "p_init": self.p_init, "step_size": None}

@@ -4,7 +4,7 @@ import torch
 
 from robustad.attacks import AttackObjective, FlipLoss, Norm, check_inside, create_attack
 from robustad.attacks.apgd import Evaluation, apgd_ascent, apgd_start, checkpoint_lengths
-from robustad.attacks.square import window_fraction
+from robustad.attacks.square import bump, two_bump_pattern, window_fraction
 
 
 def concave_bowl(centre):
@@ -82,20 +82,37 @@ def test_autoattack_is_the_worst_case_of_its_members(trained_tiny):
         for name, member in attack.members:
             alone = member(detector, images, masks, labels)
             assert (combined >= objective.loss(alone, FlipLoss.MARGIN) - 1e-6).all(), name
-    l2 = create_attack("autoattack", norm="l2", eps=0.5)
-    assert [name for name, _ in l2.members] == ["apgd-ce", "pgd-margin", "apgd-margin"]
-    assert len(l2.describe()["members"]) == 3
+    without_square = create_attack("autoattack", norm="l2", eps=0.5, square_queries=0)
+    assert [name for name, _ in without_square.members] == ["apgd-ce", "pgd-margin", "apgd-margin"]
+    assert len(without_square.describe()["members"]) == 3
 
 
-def test_square_schedule_and_never_below_clean(trained_tiny):
+def test_square_l2_patterns():
+    pattern = two_bump_pattern(7, torch.Generator().manual_seed(0))
+    assert pattern.shape == (7, 7)
+    assert pattern.norm() == pytest.approx(1.0)
+    halves = pattern if (pattern[:3] > 0).all() else pattern.T  # + bump on 3 rows, − bump on 4
+    assert (halves[:3] > 0).all() and (halves[3:] < 0).all()
+    column = bump(5, 5)[:, 2]
+    assert column.argmax() == 2 and column[0] < column[1] < column[2]
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_square_never_below_clean(trained_tiny, norm, eps):
+    detector, images, masks, labels = trained_tiny
+    attack = create_attack("square", norm=norm, eps=eps, steps=40)
+    adv = attack(detector, images, masks, labels)
+    check_inside(adv, images, attack.threat.norm, eps)
+    objective = AttackObjective.build(detector, images, masks, labels)
+    with torch.no_grad():
+        gain = objective.loss(adv) - objective.loss(images)
+    assert (gain >= -1e-6).all() and (gain > 0).float().mean() > 0.5
+
+
+def test_square_schedule():
     assert window_fraction(0.8, 0, 5000) == 0.8
     assert window_fraction(0.8, 20, 5000) == 0.4  # query 20 of 5,000 is query 40 of 10,000
     assert window_fraction(0.8, 26, 5000) == 0.2  # query 52 of 10,000: past 10 and 50
     assert window_fraction(0.8, 9999, 10000) == pytest.approx(0.8 / 512)
-    with pytest.raises(ValueError, match="supports norms linf"):
-        create_attack("square", norm="l2", eps=0.5)
-    detector, images, masks, labels = trained_tiny
-    adv = create_attack("square", eps=8 / 255, steps=30)(detector, images, masks, labels)
-    objective = AttackObjective.build(detector, images, masks, labels)
-    with torch.no_grad():
-        assert (objective.loss(adv) >= objective.loss(images) - 1e-6).all()
+    with pytest.raises(ValueError, match="p_init"):
+        create_attack("square", p_init=0.0)
