@@ -105,11 +105,12 @@ def test_fit_forward_gradient_checkpoint(name, mvtec_root, test_batch, tmp_path)
 def test_attacks_run_inside_the_ball(name, attack, mvtec_root, test_batch):
     detector = fitted(name, mvtec_root)
     images, masks = test_batch
+    flags = [p.requires_grad for p in detector.parameters()]
     for objective in ("localization", "detection"):
         adv = create_attack(attack, eps=8 / 255, steps=2, objective=objective)(detector, images, masks)
         check_inside(adv, images, "linf", 8 / 255)
         assert (adv - images).abs().amax() > 0  # the gradient moved the images
-    assert all(p.requires_grad for p in detector.parameters() if p.requires_grad)
+    assert [p.requires_grad for p in detector.parameters()] == flags  # frozen backbones stay frozen
 
 
 @pytest.mark.slow
@@ -174,3 +175,23 @@ def test_patchcore_memory_bank_and_reweighting(mvtec_root, test_batch):
     plain = detector.score(logits.clone())  # not the tensor forward returned: the official plain max
     torch.testing.assert_close(plain, logits.flatten(1).amax(1))
     assert (reweighted < plain).all() and (reweighted > 0).all()
+
+
+@pytest.mark.parametrize("name", ["draem", "glass"])
+def test_dtd_texture_source_without_dtd_names_the_offline_options(name, mvtec_root):
+    detector = tiny(name, texture_source="dtd")
+    train = create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=SIZE)
+    with pytest.raises(FileNotFoundError, match="texture_source=train"):
+        detector.fit(train)
+
+
+def test_robust_vit_weights_from_a_file(tmp_path):
+    import timm
+
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=SIZE,
+                                  depth=2, patch_size=8)
+    torch.save({f"model.{k}": v for k, v in reference.state_dict().items()}, tmp_path / "vit.pt")
+    tiny_vit = {k: v for k, v in TINY["generalad"].items() if k in ("backbone", "vit_depth", "vit_patch_size", "blocks")}
+    detector = create_method("generalad-adv", image_size=SIZE, backbone_weights=str(tmp_path / "vit.pt"), **tiny_vit)
+    torch.testing.assert_close(detector.features.vit.pos_embed, reference.pos_embed)
+    torch.testing.assert_close(detector.features.vit.blocks[1].mlp.fc1.weight, reference.blocks[1].mlp.fc1.weight)

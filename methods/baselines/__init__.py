@@ -1,4 +1,8 @@
-"""The paper's baselines (PatchGuard Tables 1–3, appendix E), each clean (`<method>`) and adapted (`<method>-adv`)."""
+"""The paper's baselines (PatchGuard Tables 1–3, appendix E), each clean (`<method>`) and adapted (`<method>-adv`).
+
+Backbone weights are never downloaded here; `backbones.py` says where they are looked for and which
+`--config backbone_*` options choose them.
+"""
 from robustad.methods.baselines import patchcore  # noqa: F401
 from robustad.methods.baselines import simplenet  # noqa: F401
 from robustad.methods.baselines import draem  # noqa: F401

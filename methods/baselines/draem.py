@@ -8,7 +8,8 @@ https://arxiv.org/abs/2108.07610; official code VitjanZ/DRAEM.
 - Training: Perlin-noise anomalies with a texture source (`synthesis.py`; DTD in the paper,
   `texture_source` records which one), loss = L2 + SSIM (reconstruction of the anomaly-free image)
   + focal loss (γ = 2) of the segmentation; Adam lr 1e-4, ×0.2 at 80% and 90% of 700 epochs,
-  batch 8, 256 px.
+  batch 8, 256 px. The quick profile trains 40 epochs at lr 1e-3: at lr 1e-4 so short a run does
+  not learn (measured on the synthetic test tree: pixel AUROC 47 at 1e-4, 98 at 1e-3).
 - M(x) = l₁ − l₀, the logit difference of the two output channels, on the pixel grid (B, H, W);
   its sigmoid is DRAEM's softmax anomaly probability. Pixel map: that probability.
   S(x): the maximum of the probability map averaged over 21×21 windows (official code).
@@ -143,7 +144,7 @@ class Draem(Detector):
     config_class = DraemConfig
     profiles = {
         Profile.PAPER: DraemConfig(),
-        Profile.QUICK: DraemConfig(image_size=64, recon_width=16, disc_width=16, epochs=30,
+        Profile.QUICK: DraemConfig(image_size=64, recon_width=16, disc_width=16, epochs=40, lr=1e-3,
                                    texture_source="train"),
     }
 
@@ -216,6 +217,6 @@ class DraemAdv(Draem):
     config_class = DraemAdvConfig
     profiles = {
         Profile.PAPER: DraemAdvConfig(),
-        Profile.QUICK: DraemAdvConfig(image_size=64, recon_width=16, disc_width=16, epochs=30,
+        Profile.QUICK: DraemAdvConfig(image_size=64, recon_width=16, disc_width=16, epochs=40, lr=1e-3,
                                       texture_source="train", adv_steps=5),
     }
