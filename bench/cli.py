@@ -184,6 +184,36 @@ def cmd_data(args) -> int:
         return 2
 
 
+def cmd_attention_degree(args) -> int:
+    """Figure 2 of the paper: vulnerability against last-layer attention degree."""
+    from robustad.attacks import create_attack
+    from robustad.bench.runner import CellSpec, fit_or_load
+    from robustad.datasets import create_dataset, list_categories
+    from robustad.methods import create_method
+    from robustad.methods.patchguard.attention_degree import attention_degree_report, save_attention_degree_report
+
+    category = args.category or list_categories(args.dataset, args.root)[0]
+    config = parse_config_items(args.config)
+    spec = CellSpec(method=args.method, dataset=args.dataset, category=category, attack=args.attack,
+                    norm=args.norm, eps=parse_eps(args.eps), eps_text=args.eps, steps=args.steps, seed=args.seed,
+                    profile=args.profile, root=args.root, config=config)
+    detector = create_method(args.method, profile=args.profile, **dict(config))
+    if not hasattr(detector, "forward_with_attention"):
+        raise ValueError(f"--method {args.method!r} exposes no attention maps (forward_with_attention)")
+    train_set = create_dataset(args.dataset, root=args.root, category=category, split="train", image_size=detector.image_size)
+    test_set = create_dataset(args.dataset, root=args.root, category=category, split="test", image_size=detector.image_size)
+    results = Path(args.results).expanduser().resolve()
+    fit_or_load(detector.to(args.device), spec, results, train_set, lambda m: print(m, file=sys.stderr))
+    attack = create_attack(args.attack, norm=args.norm, eps=parse_eps(args.eps), steps=spec.resolved_steps(), seed=args.seed)
+    per_image, per_cluster = attention_degree_report(detector.eval(), test_set, attack, layer=args.layer, groups=args.groups)
+    out = Path(args.out) if args.out else results / "attention_degree" / spec.cell_id()
+    paths = save_attention_degree_report(per_image, per_cluster, out, title=f"{args.method} {args.dataset}/{category}")
+    print(per_cluster.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Adversarial robustness benchmark for anomaly detection and localization")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +262,25 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--url", default=None, help="archive address (required where none is known)")
     download.add_argument("--sha256", default=None, help="expected SHA-256 of the archive")
     data.set_defaults(func=cmd_data)
+
+    degree = sub.add_parser("attention-degree", help="attention degree vs vulnerability (the paper's Figure 2)")
+    degree.add_argument("--method", default="patchguard")
+    degree.add_argument("--dataset", required=True)
+    degree.add_argument("--root", default=None)
+    degree.add_argument("--category", default=None, help="default: the first category")
+    degree.add_argument("--attack", default="pgd")
+    degree.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    degree.add_argument("--eps", default="8/255", type=eps_argument)
+    degree.add_argument("--steps", type=int, default=None)
+    degree.add_argument("--profile", default="quick", choices=["quick", "paper"])
+    degree.add_argument("--seed", type=int, default=0)
+    degree.add_argument("--config", action="append", metavar="KEY=VALUE")
+    degree.add_argument("--layer", default="-1", help="1-based ViT block, negative from the end, or 'discriminator'")
+    degree.add_argument("--groups", type=int, default=5, help="clusters of images by attention degree (default 5)")
+    degree.add_argument("--results", default=DEFAULT_RESULTS)
+    degree.add_argument("--out", default=None, help="output folder (default: <results>/attention_degree/<cell>)")
+    degree.add_argument("--device", default="cpu")
+    degree.set_defaults(func=cmd_attention_degree)
 
     listing = sub.add_parser("list", help="list registered methods, attacks and datasets")
     listing.add_argument("kind", nargs="?", choices=["methods", "attacks", "datasets"])
