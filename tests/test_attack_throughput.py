@@ -41,7 +41,7 @@ def test_torchattacks_wrapper_equals_engine(bench, trained_tiny):
     detector, images, masks, labels = trained_tiny
     eps, steps = 8 / 255, 5
     targets = AttackObjective.build(detector, images, masks, labels.float()).targets
-    adv, _, allocated = bench.run_torchattacks(detector, images, targets, eps, steps, 4, torch.device("cpu"))
+    adv, _, allocated, _ = bench.run_torchattacks(detector, images, targets, eps, steps, 4, torch.device("cpu"))
     ours = create_attack("pgd", eps=eps, steps=steps, keep_best=False)(detector, images, masks, labels.float())
     assert allocated == [None] * len(allocated)
     assert float((adv != ours).float().mean()) < 1e-3
