@@ -119,28 +119,30 @@ def robust_accuracy(net, clean, labels, rank):
     return (correct & (rank <= 0)).float().mean().item()
 
 
-def test_apgd_matches_autoattack_apgd_ce(blob_classifier):
+@pytest.mark.parametrize("norm,eps", [(Norm.LINF, 8 / 255), (Norm.L2, 0.5)], ids=["linf", "l2"])
+def test_apgd_matches_autoattack_apgd_ce(blob_classifier, norm, eps):
     ref = pytest.importorskip("pyautoattack.autopgd_base", reason="pyautoattack (dev extra) is needed for the APGD reference")
     net, images, labels = blob_classifier
-    eps, steps = 8 / 255, 40
+    steps = 40
     with torch.no_grad():
         clean_accuracy = (net(images).argmax(1) == labels).float().mean().item()
     assert clean_accuracy > 0.9
 
-    start = apgd_start(images, Norm.LINF, eps, torch.Generator().manual_seed(1))
-    run = apgd_ascent(classifier_evaluation(net, labels), images, start, Norm.LINF, eps, steps)
+    start = apgd_start(images, norm, eps, torch.Generator().manual_seed(1))
+    run = apgd_ascent(classifier_evaluation(net, labels), images, start, norm, eps, steps)
     ours = robust_accuracy(net, images, labels, run.best_rank)
     assert 0.1 < ours < 0.9, f"robust accuracy {ours:.2f} is too close to 0 or 1 to compare attacks"
 
-    reference = ref.APGDAttack(net, n_iter=steps, norm="Linf", eps=eps, seed=0, loss="ce", device="cpu")
-    with torch.no_grad():
-        theirs = (net(reference.perturb(images, labels)).argmax(1) == labels).float().mean().item()
-    assert abs(ours - theirs) <= 0.01 + 1e-9, f"ours {ours:.3f}, AutoAttack APGD-CE {theirs:.3f}"
-
+    reference = ref.APGDAttack(net, n_iter=steps, norm="Linf" if norm == Norm.LINF else "L2", eps=eps, seed=0, loss="ce", device="cpu")
     # From the same starting point both follow the same algorithm: the same images survive.
     reference.init_hyperparam(images)
     _, survived, _, _ = reference.attack_single_run(images, labels, x_init=start)
     assert abs(ours - survived.float().mean().item()) <= 0.01 + 1e-9
+
+    if norm == Norm.LINF:  # AutoAttack's own random start: equal within one point
+        with torch.no_grad():
+            theirs = (net(reference.perturb(images, labels)).argmax(1) == labels).float().mean().item()
+        assert abs(ours - theirs) <= 0.01 + 1e-9, f"ours {ours:.3f}, AutoAttack APGD-CE {theirs:.3f}"
 
 
 # -- every registered attack ---------------------------------------------------------------------
