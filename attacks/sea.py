@@ -75,7 +75,8 @@ class SEA(Attack):
                 stages = radius_schedule(t.eps, t.steps)
                 point = apgd_start(images, t.norm, stages[0][0], gen)
                 for radius, steps in stages:
-                    run = apgd_ascent(evaluate, images, project(point, images, t.norm, radius), t.norm, radius, steps, rho=RHO)
+                    start = project(point, images, t.norm, radius)
+                    run = apgd_ascent(evaluate, images, start, t.norm, radius, steps, rho=RHO)
                     point = run.best_adv
                 best_rank, best_adv = keep_best(best_rank, best_adv, run.best_rank, run.best_adv)
         return best_adv

@@ -164,4 +164,5 @@ class Square(Attack):
         return adv, best
 
     def describe(self):
-        return {**super().describe(), "loss": "margin", "queries": self.threat.steps, "p_init": self.p_init, "step_size": None}
+        queries = self.threat.steps
+        return {**super().describe(), "loss": "margin", "queries": queries, "p_init": self.p_init, "step_size": None}

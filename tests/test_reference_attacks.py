@@ -16,9 +16,6 @@ from torch import nn
 from robustad.attacks import ATTACKS, AttackObjective, FlipLoss, Norm, check_inside, create_attack
 from robustad.attacks.apgd import Evaluation, apgd_ascent, apgd_start
 
-torchattacks = pytest.importorskip("torchattacks", reason="torchattacks (dev extra) is needed for the reference comparison")
-
-
 class CellClassifier(nn.Module):
     """A detector seen as a segmentation model: (B, 2, h, w) logits [0, m] per cell."""
 
@@ -40,25 +37,26 @@ def cell_labels(detector, images, masks, labels):
 @pytest.mark.parametrize(
     "ours,theirs",
     [
-        (dict(name="fgsm", norm="linf", eps=8 / 255), lambda m: torchattacks.FGSM(m, eps=8 / 255)),
+        (dict(name="fgsm", norm="linf", eps=8 / 255), lambda ta, m: ta.FGSM(m, eps=8 / 255)),
         (
             dict(name="pgd", norm="linf", eps=8 / 255, steps=7, step_size=2 / 255),
-            lambda m: torchattacks.PGD(m, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False),
+            lambda ta, m: ta.PGD(m, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False),
         ),
         (
             dict(name="pgd", norm="l2", eps=0.5, steps=7, step_size=0.1),
-            lambda m: torchattacks.PGDL2(m, eps=0.5, alpha=0.1, steps=7, random_start=False),
+            lambda ta, m: ta.PGDL2(m, eps=0.5, alpha=0.1, steps=7, random_start=False),
         ),
     ],
     ids=["fgsm-linf", "pgd-linf", "pgd-l2"],
 )
 def test_fgsm_pgd_equal_torchattacks(trained_tiny, ours, theirs):
+    torchattacks = pytest.importorskip("torchattacks", reason="torchattacks (dev extra) is the FGSM/PGD reference")
     detector, images, masks, labels = trained_tiny
     options = dict(ours)
     attack = create_attack(options.pop("name"), loss="ce", keep_best=False, **options)
     adv = attack(detector, images, masks, labels)
     wrapped = CellClassifier(detector).eval()
-    reference = theirs(wrapped)(images, cell_labels(detector, images, masks, labels))
+    reference = theirs(torchattacks, wrapped)(images, cell_labels(detector, images, masks, labels))
     assert (adv - images).abs().max() > 1e-3  # the attack moved the images
     torch.testing.assert_close(adv, reference, atol=1e-5, rtol=0)
 
@@ -121,7 +119,7 @@ def robust_accuracy(net, clean, labels, rank):
 
 @pytest.mark.parametrize("norm,eps", [(Norm.LINF, 8 / 255), (Norm.L2, 0.5)], ids=["linf", "l2"])
 def test_apgd_matches_autoattack_apgd_ce(blob_classifier, norm, eps):
-    ref = pytest.importorskip("pyautoattack.autopgd_base", reason="pyautoattack (dev extra) is needed for the APGD reference")
+    ref = pytest.importorskip("pyautoattack.autopgd_base", reason="pyautoattack (dev extra) is the APGD reference")
     net, images, labels = blob_classifier
     steps = 40
     with torch.no_grad():
@@ -133,7 +131,8 @@ def test_apgd_matches_autoattack_apgd_ce(blob_classifier, norm, eps):
     ours = robust_accuracy(net, images, labels, run.best_rank)
     assert 0.1 < ours < 0.9, f"robust accuracy {ours:.2f} is too close to 0 or 1 to compare attacks"
 
-    reference = ref.APGDAttack(net, n_iter=steps, norm="Linf" if norm == Norm.LINF else "L2", eps=eps, seed=0, loss="ce", device="cpu")
+    reference_norm = "Linf" if norm == Norm.LINF else "L2"
+    reference = ref.APGDAttack(net, n_iter=steps, norm=reference_norm, eps=eps, seed=0, loss="ce", device="cpu")
     # From the same starting point both follow the same algorithm: the same images survive.
     reference.init_hyperparam(images)
     _, survived, _, _ = reference.attack_single_run(images, labels, x_init=start)
