@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from robustad.attacks.objectives import FlipLoss, flip_loss
+
 UNIT_LOSSES = ("ce", "margin", "masked-ce", "balanced-ce", "js")
 
 
@@ -83,8 +85,6 @@ def segpgd_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight_wro
 
 def unit_loss(name: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The per-image loss (B,) called `name` (one of UNIT_LOSSES) of unit logits (B, U)."""
-    from robustad.attacks.objectives import FlipLoss, flip_loss
-
     if name == "ce":
         return flip_loss(logits, targets, FlipLoss.CE)
     if name == "margin":
