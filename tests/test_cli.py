@@ -1,0 +1,47 @@
+"""The thin CLI: listing registries, the attention-degree report, data info."""
+import pytest
+
+from robustad.attacks import ATTACKS
+from robustad.bench.cli import main
+from robustad.datasets import DATASETS
+from robustad.methods import METHODS
+
+
+def test_list_prints_every_registered_entry_with_a_description(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for registry in (METHODS, ATTACKS, DATASETS):
+        for entry in registry.entries():
+            assert entry.name in out
+            assert entry.description, f"{entry.name} has no one-line description"
+    assert main(["list", "attacks"]) == 0
+    assert "patchguard" not in capsys.readouterr().out
+
+
+def test_attention_degree_report_writes_figure_and_tables(mvtec_root, tmp_path, capsys):
+    tiny = ["--config", "image_size=32", "--config", "patch_size=8", "--config", "vit_embed_dim=32",
+            "--config", "vit_depth=2", "--config", "vit_heads=2", "--config", "disc_heads=2",
+            "--config", "disc_mlp_dim=32", "--config", "epochs=1", "--config", "adv_train=false"]
+    code = main(["attention-degree", "--dataset", "mvtec", "--root", str(mvtec_root), "--category", "alpha",
+                 "--steps", "2", "--groups", "3", "--results", str(tmp_path), "--out", str(tmp_path / "fig2"), *tiny])
+    assert code == 0
+    assert (tmp_path / "fig2" / "attention_degree.png").stat().st_size > 0
+    clusters = (tmp_path / "fig2" / "attention_degree_clusters.csv").read_text().splitlines()
+    assert clusters[0].startswith("cluster,images,attention_degree") and len(clusters) == 4
+    assert "vulnerability" in capsys.readouterr().out
+
+
+def test_attention_degree_refuses_a_method_without_attention(mvtec_root, tmp_path, capsys):
+    code = main(["attention-degree", "--method", "tests.tiny_detector:TinyDetector", "--dataset", "mvtec",
+                 "--root", str(mvtec_root), "--category", "alpha", "--results", str(tmp_path)])
+    assert code == 2 and "attention" in capsys.readouterr().err
+
+
+def test_data_info_json_and_wrong_root(mvtec_root, tmp_path, capsys):
+    import json
+
+    assert main(["data", "info", "--dataset", "mvtec", "--root", str(mvtec_root), "--format", "json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["categories"]["alpha"]["test_anomalous"] == 6
+    assert main(["data", "info", "--dataset", "mvtec", "--root", str(tmp_path / "nowhere")]) == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
