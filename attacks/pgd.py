@@ -51,6 +51,8 @@ class PGD(Attack):
                 if self.keep_best:
                     best_loss, best_adv = keep_best(best_loss, best_adv, loss, adv)
                 adv = project(adv + t.alpha * ascent_direction(grad, t.norm), images, t.norm, t.eps)
+            if not self.keep_best and t.restarts == 1:
+                return adv  # the last iterate: the final loss would decide nothing (saves a forward)
             with torch.no_grad():
                 final = objective.loss(adv)
             best_loss, best_adv = keep_best(best_loss, best_adv, final, adv)

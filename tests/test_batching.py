@@ -65,3 +65,15 @@ def test_out_of_memory_at_one_image_and_other_errors_propagate():
         attack_in_chunks(broken, None, torch.zeros(4, 1, 1, 1), None)
     with pytest.raises(ValueError, match="max_batch"):
         ChunkedAttack(broken, max_batch=0)
+
+
+def test_last_iterate_pgd_spends_one_forward_per_step(trained_tiny):
+    detector, images, masks, labels = trained_tiny
+    from robustad.attacks.attack import frozen
+    from robustad.attacks.objectives import AttackObjective
+
+    attack = create_attack("pgd", eps=8 / 255, steps=4, keep_best=False)
+    with frozen(detector):
+        objective = AttackObjective.build(detector, images, masks, labels.float())
+        attack.perturb(objective, images)
+    assert objective.forward_count == 4 * images.shape[0]  # no final forward: it would decide nothing
