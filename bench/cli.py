@@ -62,6 +62,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="autocast precision of evaluation and attacks (default fp32)")
     p.add_argument("--config", action="append", metavar="KEY=VALUE", help="set a field of the method's config")
+    p.add_argument("--attack-batch", dest="attack_batch", type=int, default=None,
+                   help="images attacked at once (default: the profile's test batch; halved on CUDA out-of-memory)")
     p.add_argument("--force", action="store_true", help="rerun cells whose record exists")
 
 
@@ -111,7 +113,8 @@ def cmd_run(args) -> int:
     validate_run_arguments(args)
     specs = build_specs(args)
     records = run_grid(specs, results=args.results, device=args.device, force=args.force,
-                       precision=args.precision, on_record=lambda r: print(format_cell_result(r), flush=True))
+                       precision=args.precision, attack_batch=args.attack_batch,
+                       on_record=lambda r: print(format_cell_result(r), flush=True))
     failed = [r for r in records if r.get("error")]
     print(f"{len(records) - len(failed)} cell(s) done, {len(failed)} failed; records in "
           f"{Path(args.results).resolve() / 'records'}")

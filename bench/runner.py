@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from robustad.attacks import check_inside, create_attack
+from robustad.attacks.batching import ChunkedAttack
 from robustad.bench.environment import git_revision, package_versions
 from robustad.bench.profiles import EVAL_SETTINGS, Profile
 from robustad.bench.records import SCHEMA_VERSION, is_done, read_record, record_path, write_record
@@ -176,7 +177,7 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
 
 
 def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "cpu", force: bool = False,
-             precision: str = "fp32", progress: bool | None = None, log=None) -> dict:
+             precision: str = "fp32", progress: bool | None = None, log=None, attack_batch: int | None = None) -> dict:
     """Runs one cell and returns its record (the existing one when the cell is done)."""
     results = Path(results).expanduser().resolve()
     log = log or (lambda message: print(message, file=sys.stderr))
@@ -192,6 +193,7 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
     steps = spec.resolved_steps()
     attack = create_attack(spec.attack, norm=spec.norm, eps=spec.eps, steps=steps, seed=spec.seed,
                            objective=spec.objective, **dict(spec.attack_options))
+    attack = ChunkedAttack(attack, max_batch=attack_batch)  # halves the chunk on a CUDA out-of-memory error
     train_set = create_dataset(spec.dataset, root=spec.root, category=spec.category, split="train",
                                image_size=detector.image_size)
     test_set = create_dataset(spec.dataset, root=spec.root, category=spec.category, split="test",
@@ -200,12 +202,13 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
     ckpt, fit_seconds, reused = fit_or_load(detector, spec, results, train_set, log)
     detector.to(torch_device).eval()
     settings = EVAL_SETTINGS[profile]
+    batch_size = attack_batch or settings.batch_size
     from robustad.bench.checks import cheap_checks
 
     first = next(iter(DataLoader(test_set, batch_size=min(4, len(test_set)), shuffle=True,
                                  generator=torch.Generator().manual_seed(spec.seed))))
     checks = cheap_checks(detector, first["image"].to(torch_device), first["mask"].to(torch_device))
-    result = evaluate(detector, test_set, attack, batch_size=settings.batch_size, device=torch_device,
+    result = evaluate(detector, test_set, attack, batch_size=batch_size, device=torch_device,
                       precision=precision, max_images=settings.max_test_images, progress=progress)
     checks["inside_threat_model"] = True  # evaluate() raises otherwise
     record = {
@@ -277,14 +280,14 @@ def expand_categories(dataset: str, root, category: str) -> list[str]:
 
 
 def run_grid(specs: list[CellSpec], *, results="results", device="cpu", force=False, precision="fp32",
-             progress=None, log=None, on_record=None) -> list[dict]:
+             progress=None, log=None, on_record=None, attack_batch: int | None = None) -> list[dict]:
     """Runs every cell; a failed cell writes a record with an `error` field and the grid goes on."""
     log = log or (lambda message: print(message, file=sys.stderr))
     records = []
     for spec in specs:
         try:
             record = run_cell(spec, results=results, device=device, force=force, precision=precision,
-                              progress=progress, log=log)
+                              progress=progress, log=log, attack_batch=attack_batch)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - the failure is recorded, not swallowed
