@@ -16,7 +16,7 @@ from tests import dataset_trees as trees
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ROBUSTAD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ROBUSTAD_CACHE", str(tmp_path / "cache"))
 
 
 def test_missing_mask_is_an_error_naming_the_image(tmp_path):

@@ -31,7 +31,7 @@ CELLS.update(SLOW_CELLS)
 
 @pytest.mark.parametrize("name", [n if n not in SLOW_CELLS else pytest.param(n, marks=pytest.mark.slow) for n in CELLS])
 def test_run_cell_reads_the_dataset_as_it_comes(name, tmp_path, monkeypatch):
-    monkeypatch.setenv("ROBUSTAD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ROBUSTAD_CACHE", str(tmp_path / "cache"))
     writer, category = CELLS[name]
     writer(tmp_path / "data")
     record = run_cell(CellSpec(method=TINY, dataset=name, category=category, root=str(tmp_path / "data"), steps=2,
