@@ -14,40 +14,23 @@ Losses (per image, to maximize):
 """
 from __future__ import annotations
 
-import enum
 
 import torch
 import torch.nn.functional as F
 
+from robustad.bench.choices import Choice
+
 ANOMALOUS_FRACTION = 0.05  # a cell is anomalous when more than 5% of its pixels are (paper §5.2)
 
 
-class Objective(str, enum.Enum):
+class Objective(Choice):
     LOCALIZATION = "localization"
     DETECTION = "detection"
 
-    @classmethod
-    def parse(cls, value: "str | Objective") -> "Objective":
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ValueError(f"unknown objective {value!r}; expected localization or detection") from None
 
-
-class FlipLoss(str, enum.Enum):
+class FlipLoss(Choice):
     MARGIN = "margin"
     CE = "ce"
-
-    @classmethod
-    def parse(cls, value: "str | FlipLoss") -> "FlipLoss":
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ValueError(f"unknown attack loss {value!r}; expected margin or ce") from None
 
 
 def patch_targets(masks: torch.Tensor, grid: tuple[int, int], threshold: float = ANOMALOUS_FRACTION) -> torch.Tensor:

@@ -4,25 +4,17 @@
 """
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
 import torch
 
+from robustad.bench.choices import Choice
 
-class Norm(str, enum.Enum):
+
+class Norm(Choice):
     LINF = "linf"
     L2 = "l2"
-
-    @classmethod
-    def parse(cls, value: "str | Norm") -> "Norm":
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ValueError(f"unknown norm {value!r}; expected linf or l2") from None
 
 
 def parse_eps(text: "str | float") -> float:

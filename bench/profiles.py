@@ -6,24 +6,14 @@ method's config presets, keyed by the same `Profile`.
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from robustad.bench.choices import Choice
 
-class Profile(str, enum.Enum):
+
+class Profile(Choice):
     PAPER = "paper"
     QUICK = "quick"
-
-    @classmethod
-    def parse(cls, value: "str | Profile") -> "Profile":
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(
-                f"unknown profile {value!r}; expected one of: {', '.join(p.value for p in cls)}"
-            ) from None
 
 
 @dataclass(frozen=True)
