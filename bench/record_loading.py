@@ -126,5 +126,18 @@ def load_records(results_dir) -> tuple[list[dict], list[str]]:
     for record in dropped:
         problems.append(f"{origin[id(record)]}: another record of cell {record['cell_id']} is newer or "
                         f"successful; skipped")
-    return records, problems
+    return [with_variant_name(r) for r in records], problems
+
+
+def with_variant_name(record: dict) -> dict:
+    """The record with its config overrides in its method name, so that tables keep variants apart.
+
+    `patchguard` with `--config adv_train=false` becomes "patchguard (adv_train=false)"; the plain
+    name stays in "method_base" (filters match either).
+    """
+    overrides = record.get("config_overrides") or {}
+    if not overrides or "method_base" in record:
+        return record
+    label = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    return {**record, "method_base": record["method"], "method": f"{record['method']} ({label})"}
 

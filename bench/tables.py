@@ -126,7 +126,10 @@ def _matches(record: dict, filters: dict) -> bool:
         elif key == "steps":
             if setting.steps != int(wanted):
                 return False
-        elif key in ("method", "dataset"):
+        elif key == "method":
+            if wanted not in (record["method"], record.get("method_base")):
+                return False
+        elif key == "dataset":
             if record[key] != wanted:
                 return False
         elif getattr(setting, key) != str(getattr(wanted, "value", wanted)):
@@ -212,7 +215,8 @@ def dataset_name(name: str) -> str:
 
 
 def method_name(name: str) -> str:
-    return METHOD_NAMES.get(name.lower(), name)
+    base, sep, variant = name.partition(" (")
+    return METHOD_NAMES.get(base.lower(), base) + (f" ({variant}" if sep else "")
 
 
 def category_name(name: str) -> str:
