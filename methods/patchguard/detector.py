@@ -74,6 +74,28 @@ def training_images(train_set, image_size: int, patch_size: int) -> torch.Tensor
     return torch.stack(images)
 
 
+def precomputed_foreground(train_set, image_size: int) -> torch.Tensor | None:
+    """The dataset's precomputed foreground masks (N, H, W) for the normal training images, or None.
+
+    The official code ships binary `foreground_mask/` folders for some datasets; with
+    `foreground="auto"` they replace Grad-CAM when every training image has one.
+    """
+    if not hasattr(train_set, "foreground_mask"):
+        return None
+    maps = []
+    labels = getattr(train_set, "labels", None)
+    for index in range(len(train_set)):
+        if labels is not None and int(labels[index]) != 0:
+            continue
+        mask = train_set.foreground_mask(index)
+        if mask is None:
+            return None
+        if tuple(mask.shape[-2:]) != (image_size, image_size):
+            mask = F.interpolate(mask[None].float(), size=(image_size, image_size), mode="nearest")[0]
+        maps.append(mask[0].float())
+    return torch.stack(maps) if maps else None
+
+
 @register_method("patchguard")
 class PatchGuard(Detector):
     """PatchGuard: adversarially trained ViT + attention discriminator on pseudo anomalies."""
@@ -130,7 +152,11 @@ class PatchGuard(Detector):
         seed = int(torch.randint(0, 2**31 - 1, (1,)))  # drawn from the global RNG: deterministic under manual_seed
         generator = torch.Generator().manual_seed(seed)
         pseudo = build_pseudo_anomaly_generator(generator_config(config, train_set))
-        pseudo.prepare(images)
+        given = precomputed_foreground(train_set, config.image_size) if config.foreground == "auto" else None
+        if given is not None and hasattr(pseudo, "set_foreground_maps"):
+            pseudo.set_foreground_maps(given)  # the dataset's precomputed foreground_mask/ files
+        else:
+            pseudo.prepare(images)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, config.epochs), eta_min=config.lr * config.lr_final_factor
