@@ -36,6 +36,9 @@ class Attack:
 
     name: ClassVar[str] = "attack"
     norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
+    # True when `steps` counts queries (black-box attacks): a profile's default number of gradient
+    # iterations does not apply, the attack's own `default_steps` does.
+    steps_are_queries: ClassVar[bool] = False
 
     def __init__(
         self,

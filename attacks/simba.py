@@ -47,6 +47,7 @@ class SimBA(Attack):
 
     name = "simba"
     default_steps = 1000
+    steps_are_queries = True
 
     def __init__(
         self, threat, *, basis: str = "dct",

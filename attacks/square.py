@@ -76,6 +76,7 @@ class Square(Attack):
 
     name = "square"
     default_steps = 5000
+    steps_are_queries = True
 
     def __init__(self, threat, *, p_init: float = 0.8, **kwargs):
         super().__init__(threat, **kwargs)

@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from robustad.attacks import check_inside, create_attack
+from robustad.attacks import ATTACKS, check_inside, create_attack
+from robustad.attacks.registry import split_attack_name
 from robustad.attacks.batching import ChunkedAttack
 from robustad.bench.environment import git_revision, package_versions
 from robustad.bench.profiles import EVAL_SETTINGS, Profile
@@ -59,9 +60,13 @@ class CellSpec:
         return dict(self.config)
 
     def resolved_steps(self) -> int | None:
+        """--steps; else None where the name carries them (`pgd-1000`), FGSM, or a query-based
+        attack (its own query budget); else the profile's number of attack iterations."""
         if self.steps is not None:
             return int(self.steps)
-        if re.search(r"-\d+$", self.attack) or self.attack in ("fgsm",):
+        base, suffix = split_attack_name(self.attack)
+        cls = ATTACKS.get(base) if base in ATTACKS else None
+        if suffix is not None or base == "fgsm" or getattr(cls, "steps_are_queries", False):
             return None
         return EVAL_SETTINGS[Profile.parse(self.profile)].attack_steps
 

@@ -124,3 +124,13 @@ def test_missing_root_names_path_and_layout(tmp_path, capsys):
     assert main(["run", "--method", TINY, "--dataset", "mvtec", "--root", str(tmp_path / "absent")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "absent") in err and "ground_truth" in err
+
+
+def test_profile_steps_apply_to_gradient_attacks_only():
+    def steps(attack, profile="quick", **kw):
+        return CellSpec(method=TINY, dataset="mvtec", category="alpha", attack=attack, profile=profile, **kw).resolved_steps()
+
+    assert steps("pgd") == 20 and steps("pgd", "paper") == 1000 and steps("sea", "paper") == 1000
+    assert steps("pgd-50") is None and steps("fgsm") is None
+    assert steps("simba") is None and steps("square", "paper") is None  # their own query budgets
+    assert steps("simba", steps=300) == 300
