@@ -51,10 +51,12 @@ DATASET_NAMES = {  # registry name (lower case, without - and _) -> name in the 
     "wfdd": "WFDD", "dtd": "DTD-Synthetic", "dtdsynthetic": "DTD-Synthetic", "headct": "Head-CT",
     "brats": "BraTS2021", "brats2021": "BraTS2021", "textures": "Textures",
 }
-METHOD_NAMES = {"patchguard": "PatchGuard", "patchcore": "PatchCore", "patchcore-adv": "PatchCore (adv.)",
-                "draem": "DRAEM", "simplenet": "SimpleNet"}
+_BASELINE_NAMES = {"patchcore": "PatchCore", "draem": "DRAEM", "simplenet": "SimpleNet", "glass": "GLASS",
+                   "recontrast": "ReContrast", "generalad": "GeneralAD"}
+METHOD_NAMES = {"patchguard": "PatchGuard", **_BASELINE_NAMES,
+                **{f"{k}-adv": f"{v} (adv.)" for k, v in _BASELINE_NAMES.items()}}
 ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "apgd": "APGD", "autoattack": "AutoAttack", "caa": "CAA",
-                "a3": "A³", "square": "Square", "segpgd": "SegPGD", "sea": "SEA"}
+                "a3": "A³", "square": "Square", "segpgd": "SegPGD", "sea": "SEA", "simba": "SimBA"}
 NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 
 
