@@ -1,25 +1,13 @@
 """A³ (attacks/a3.py) and the flip success criterion (attacks/flip_success.py) on the tiny detector."""
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from robustad.attacks import AttackObjective, check_inside, create_attack
 from robustad.attacks.a3 import A3, _State, cosine_step_size
 from robustad.attacks.flip_success import clean_thresholds, flipped_units, image_success
+from tests.auroc import pixel_auroc, image_auroc
 
 STEPS = 12  # gradient evaluations per image: rounds 0 (8 steps) and part of round 1
-
-
-def pixel_auroc(detector, images, masks):
-    with torch.no_grad():
-        maps = detector.anomaly_map(detector(images), images.shape[-1])
-    return roc_auc_score(masks.flatten().numpy(), maps.flatten().numpy())
-
-
-def image_auroc(detector, images, labels):
-    with torch.no_grad():
-        scores = detector.score(detector(images))
-    return roc_auc_score(labels.numpy(), scores.numpy())
 
 
 def flip_loss(detector, images, masks, labels, objective, adv):

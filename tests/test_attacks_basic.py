@@ -1,14 +1,7 @@
 import pytest
-import torch
-from sklearn.metrics import roc_auc_score
 
 from robustad.attacks import ATTACKS, check_inside, create_attack
-
-
-def pixel_auroc(detector, images, masks):
-    with torch.no_grad():
-        maps = detector.anomaly_map(detector(images), images.shape[-1])
-    return roc_auc_score(masks.flatten().numpy(), maps.flatten().numpy())
+from tests.auroc import pixel_auroc
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 1.5)])

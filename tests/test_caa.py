@@ -1,24 +1,12 @@
 """CAA (attacks/caa.py): published policies as data, composition inside the ε-ball, tiny detector."""
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from robustad.attacks import AttackObjective, check_inside, create_attack
 from robustad.attacks.caa import L2_POLICY, LINF_POLICY, PolicyStep, cw_flip_loss
+from tests.auroc import pixel_auroc, image_auroc
 
 STEPS = 10
-
-
-def pixel_auroc(detector, images, masks):
-    with torch.no_grad():
-        maps = detector.anomaly_map(detector(images), images.shape[-1])
-    return roc_auc_score(masks.flatten().numpy(), maps.flatten().numpy())
-
-
-def image_auroc(detector, images, labels):
-    with torch.no_grad():
-        scores = detector.score(detector(images))
-    return roc_auc_score(labels.numpy(), scores.numpy())
 
 
 def test_published_policies_are_data():

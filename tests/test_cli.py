@@ -1,5 +1,4 @@
 """The thin CLI: listing registries, the attention-degree report, data info."""
-import pytest
 
 from robustad.attacks import ATTACKS
 from robustad.bench.cli import main

@@ -15,6 +15,7 @@ from torch import nn
 
 from robustad.attacks import ATTACKS, AttackObjective, FlipLoss, Norm, check_inside, create_attack
 from robustad.attacks.apgd import Evaluation, apgd_ascent, apgd_start
+from tests.auroc import pixel_auroc
 
 class CellClassifier(nn.Module):
     """A detector seen as a segmentation model: (B, 2, h, w) logits [0, m] per cell."""
@@ -157,12 +158,6 @@ def build(name, budgets, **kw):
 
 def supports(name, norm):
     return Norm.parse(norm) in ATTACKS.get(name).norms
-
-
-def pixel_auroc(detector, images, masks):
-    with torch.no_grad():
-        maps = detector.anomaly_map(detector(images), images.shape[-1])
-    return roc_auc_score(masks.flatten().numpy() > 0.5, maps.flatten().numpy())
 
 
 def flip_margin(detector, adv, images, masks, labels, objective):

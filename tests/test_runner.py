@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from robustad.attacks import Attack, ThreatModelViolation, register_attack
 from robustad.bench.cli import main

@@ -1,22 +1,10 @@
 """SimBA (attacks/simba.py) and the DCT basis (attacks/dct.py): query-only, inside the ε-ball, weaker than PGD."""
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from robustad.attacks import AttackObjective, check_inside, create_attack
 from robustad.attacks.dct import DCTBasis, dct_matrix, low_frequency_order
-
-
-def pixel_auroc(detector, images, masks):
-    with torch.no_grad():
-        maps = detector.anomaly_map(detector(images), images.shape[-1])
-    return roc_auc_score(masks.flatten().numpy(), maps.flatten().numpy())
-
-
-def image_auroc(detector, images, labels):
-    with torch.no_grad():
-        scores = detector.score(detector(images))
-    return roc_auc_score(labels.numpy(), scores.numpy())
+from tests.auroc import image_auroc
 
 
 def test_dct_basis_is_orthonormal_and_matches_scipy():
