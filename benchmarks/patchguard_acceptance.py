@@ -1,8 +1,12 @@
 """Acceptance measurement (not a test): PatchGuard (quick) on one `textures` category, adversarial vs clean training.
 
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
-Prints one JSON line per variant: clean / PGD-20 (localization) image+pixel AUROC and
-PGD-20 (detection objective) image AUROC.
+    [--steps 20,100] [--train-check]
+Prints one JSON line per variant: clean / PGD-N (localization) image+pixel AUROC and PGD-N
+(detection objective) image AUROC for each N of --steps. --train-check adds the patch AUROC,
+clean and under PGD-N (localization), on 48 training images and their pseudo anomalies: a low
+figure there means the adversarial training under-fits; a high one with a low test figure means
+the robustness does not carry over from pseudo to real anomalies.
 """
 import argparse
 import json
@@ -30,7 +34,9 @@ def main():
     ap.add_argument("--category", default="brick")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", default="adv,clean", help="adv (the preset), clean (adv_train=false), noreg (alpha=0)")
-    ap.add_argument("--steps", type=int, default=20, help="PGD steps of the evaluation attack")
+    ap.add_argument("--steps", default="20", help="PGD steps of the evaluation attack, comma-separated")
+    ap.add_argument("--train-check", action="store_true", help="also attack the training distribution")
+    ap.add_argument("--label", default="", help="a name printed with the results")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE, as bench's --config")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -46,14 +52,41 @@ def main():
         t0 = time.perf_counter()
         det.fit(train)
         fit_s = time.perf_counter() - t0
-        res = {"variant": variant, "overrides": {**overrides, **extra}, "fit_s": round(fit_s, 1), "n_train": len(train)}
-        for objective in ("localization", "detection"):
-            attack = create_attack(f"pgd-{args.steps}", objective=objective)
-            t0 = time.perf_counter()
-            ev = evaluate(det, test, attack, batch_size=16, device=device, progress=False)
-            res[objective] = {"clean": ev["clean"], "adv": ev["adversarial"], "eval_s": round(time.perf_counter() - t0, 1)}
+        res = {"label": args.label, "variant": variant, "overrides": {**overrides, **extra},
+               "fit_s": round(fit_s, 1), "n_train": len(train)}
+        for steps in [int(s) for s in args.steps.split(",")]:
+            for objective in ("localization", "detection"):
+                attack = create_attack(f"pgd-{steps}", objective=objective)
+                t0 = time.perf_counter()
+                ev = evaluate(det, test, attack, batch_size=16, device=device, progress=False)
+                res[f"{objective}_pgd{steps}"] = {"clean": ev["clean"], "adv": ev["adversarial"],
+                                                  "eval_s": round(time.perf_counter() - t0, 1)}
+            if args.train_check:
+                res[f"train_patch_auroc_pgd{steps}"] = training_distribution_auroc(det, train, steps, device)
         res["n_test"] = ev["n_test"]
         print(json.dumps(res), flush=True)
+
+
+def training_distribution_auroc(det, train, steps: int, device) -> dict:
+    """Patch AUROC (clean, PGD-`steps`) on 48 training images plus one pseudo anomaly of each."""
+    from sklearn.metrics import roc_auc_score
+
+    from robustad.attacks.objectives import patch_targets
+    from robustad.methods.patchguard.detector import build_pseudo_anomaly_generator, generator_config, training_images
+
+    images = training_images(train, det.image_size, det.config.patch_size)[:48]
+    generator = build_pseudo_anomaly_generator(generator_config(det.config, train))
+    generator.prepare(images)
+    anomalous, masks = generator(images, torch.arange(len(images)), torch.Generator().manual_seed(1))
+    x = torch.cat([images, anomalous.float()]).to(device)
+    m = torch.cat([torch.zeros_like(masks), masks]).float().to(device)
+    labels = torch.cat([torch.zeros(len(images)), torch.ones(len(images))]).to(device)
+    adv = create_attack(f"pgd-{steps}")(det, x, m, labels)
+    with torch.no_grad():
+        clean_logits, adv_logits = det(x).flatten().cpu(), det(adv).flatten().cpu()
+    grid = det.config.grid_size
+    targets = patch_targets(m.cpu(), (grid, grid)).flatten()
+    return {"clean": 100 * roc_auc_score(targets, clean_logits), "adv": 100 * roc_auc_score(targets, adv_logits)}
 
 
 if __name__ == "__main__":

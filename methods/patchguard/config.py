@@ -11,6 +11,7 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - ViT size (Table 9): `vit_embed_dim=768,vit_depth=12,vit_heads=12` (ViT-B)
 - without the discriminator (Table 19): `discriminator=false`
 - pseudo-anomaly generator (Table 6): `pseudo_anomaly=ours|cutpaste|fpi|nsa`
+- pseudo-anomaly rectangle size (paper §5.1: U(0.05, 0.3) of the side): `anomaly_size=0.05,0.5`
 
 Where the official code (github.com/rohban-lab/PatchGuard) differs from the paper, the paper is the
 default and the official choice an option: `patch_label_rule="any"`, `reg_type="kl"` with
@@ -61,6 +62,7 @@ class PatchGuardConfig(DetectorConfig):
     gradcam_weights: str = ""  # a ResNet-18 state-dict path; "" lets the generator decide
     k_soft: int = 3
     k_hard: int = 2
+    anomaly_size: tuple = (0.05, 0.3)  # rectangle side range, fraction of the image side (paper §5.1)
     # -- adversarial training (paper §5.3, eq. 6-7) ---------------------------------------------
     adv_train: bool = True
     train_eps: float = 8 / 255
@@ -110,6 +112,10 @@ class PatchGuardConfig(DetectorConfig):
             raise ValueError(f"patchguard config: vit_embed_dim={self.vit_embed_dim} must be divisible by disc_heads={self.disc_heads}")
         self.reg_layers = tuple(int(i) for i in self.reg_layers)
         self.kl_weights = tuple(float(w) for w in self.kl_weights)
+        self.anomaly_size = tuple(float(s) for s in self.anomaly_size)
+        if len(self.anomaly_size) != 2 or not 0 < self.anomaly_size[0] <= self.anomaly_size[1] <= 1:
+            raise ValueError(f"patchguard config anomaly_size={self.anomaly_size}: expected LOW,HIGH with "
+                             f"0 < LOW <= HIGH <= 1 (fractions of the image side, paper: 0.05,0.3)")
         for layer in self.reg_layers:
             if layer == 0 or abs(layer) > self.vit_depth:
                 raise ValueError(

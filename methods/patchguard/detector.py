@@ -34,6 +34,7 @@ def build_pseudo_anomaly_generator(config: PatchGuardConfig):
         cache_dir=None,
         k_soft=config.k_soft,
         k_hard=config.k_hard,
+        size_range=config.anomaly_size,
     )
 
 

@@ -135,7 +135,8 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
     Args: `foreground` ("auto" | "resnet18" | "efficientnet_lite0" | "full", default "auto"),
     `gradcam_weights` (ResNet-18 state dict, default None), `cache_dir` (foreground-map cache,
     default `$ROBUSTAD_CACHE` or ~/.cache/robustad), `k_soft` (soft copies for G(x), default 3),
-    `k_hard` (hard transforms per anomaly, default 2; 1–8).
+    `k_hard` (hard transforms per anomaly, default 2; 1–8), `size_range` (w, h ~ U(low·W, high·W),
+    default the paper's (0.05, 0.3); the official code draws larger cut-paste regions).
     """
 
     name = "ours"
@@ -144,7 +145,11 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
     FOREGROUND_THRESHOLD = 0.25  # anchors are drawn where G(x) >= this (G's maximum is 1)
 
     def __init__(self, foreground: str = "auto", gradcam_weights: str | None = None,
-                 cache_dir: str | None = None, k_soft: int = 3, k_hard: int = 2):
+                 cache_dir: str | None = None, k_soft: int = 3, k_hard: int = 2,
+                 size_range: tuple[float, float] = SIZE_RANGE):
+        if not 0 < size_range[0] <= size_range[1] <= 1:
+            raise ValueError(f"anomaly size range {size_range}: expected 0 < low <= high <= 1")
+        self.size_range = (float(size_range[0]), float(size_range[1]))
         if not isinstance(k_hard, int) or not 1 <= k_hard <= 8:
             raise ValueError(f"--config k_hard={k_hard!r}: expected an integer in 1..8")
         self.estimator = ForegroundEstimator(foreground, gradcam_weights, cache_dir, k_soft)
@@ -173,7 +178,7 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
         weights = self.anchor_regions[indices.cpu()].flatten(1).float()
         flat = torch.multinomial(weights, 1, generator=generator).flatten()
         centres = torch.stack(((flat % width).float(), (flat // width).float()), dim=1)
-        low, high = self.SIZE_RANGE
+        low, high = self.size_range
         sizes = torch.stack((uniform(generator, low * width, high * width, count),
                              uniform(generator, low * height, high * height, count)), dim=1)
         angles = uniform(generator, -self.MAX_ANGLE, self.MAX_ANGLE, count)
@@ -199,14 +204,16 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
 
 def create_pseudo_anomaly_generator(name: str, *, foreground: str = "auto", gradcam_weights: str | None = None,
                                     cache_dir: str | None = None, k_soft: int = 3,
-                                    k_hard: int = 2) -> PseudoAnomalyGenerator:
+                                    k_hard: int = 2,
+                                    size_range: tuple[float, float] = ForegroundAwareGenerator.SIZE_RANGE,
+                                    ) -> PseudoAnomalyGenerator:
     """Builds a generator by name (one of `GENERATORS`). The foreground options (`foreground`,
     `gradcam_weights`, `cache_dir`, `k_soft`) and `k_hard` configure "ours"; the other generators
     follow their own papers and ignore them (Table 6 keeps the rest of the pipeline fixed)."""
     cls = PSEUDO_ANOMALY_GENERATORS.get(name)
     if cls is ForegroundAwareGenerator:
         return cls(foreground=foreground, gradcam_weights=gradcam_weights, cache_dir=cache_dir,
-                   k_soft=k_soft, k_hard=k_hard)
+                   k_soft=k_soft, k_hard=k_hard, size_range=size_range)
     return cls()
 
 
