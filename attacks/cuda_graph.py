@@ -43,6 +43,16 @@ class GraphedLossAndGrad:
         self.graph = graph
         self.objective.forward_count = forwards  # warm-up and capture are not attack queries
 
+    def close(self) -> None:
+        """Frees the graph and its memory pool (activations saved at capture); call when the batch is done.
+
+        Without it each batch's pool stayed allocated until garbage collection: the H200 run of
+        `benchmarks/attack_throughput.py` saw +65 MiB per batch of 4 (ViT-S/14, 224 px).
+        """
+        if self.graph is not None:
+            self.graph.reset()
+        self.graph = self.static_images = self.static_loss = self.static_grad = None
+
     def __call__(self, images: torch.Tensor):
         """Per-image loss (B,) and its gradient with respect to the images (B, 3, H, W)."""
         if not images.is_cuda:

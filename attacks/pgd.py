@@ -39,24 +39,29 @@ class PGD(Attack):
         gen = self.generator()
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.clone()
-        loss_and_grad = objective.loss_and_grad
+        graphed = None
         if self.cuda_graph and images.is_cuda:
             from robustad.attacks.cuda_graph import GraphedLossAndGrad
 
-            loss_and_grad = GraphedLossAndGrad(objective)
-        for _ in range(t.restarts):
-            adv = random_start(images, t.norm, t.eps, gen) if t.random_start else images.clone()
-            for _ in range(t.steps):
-                loss, grad = loss_and_grad(adv)
-                if self.keep_best:
-                    best_loss, best_adv = keep_best(best_loss, best_adv, loss, adv)
-                adv = project(adv + t.alpha * ascent_direction(grad, t.norm), images, t.norm, t.eps)
-            if not self.keep_best and t.restarts == 1:
-                return adv  # the last iterate: the final loss would decide nothing (saves a forward)
-            with torch.no_grad():
-                final = objective.loss(adv)
-            best_loss, best_adv = keep_best(best_loss, best_adv, final, adv)
-        return best_adv
+            graphed = GraphedLossAndGrad(objective)
+        loss_and_grad = graphed or objective.loss_and_grad
+        try:
+            for _ in range(t.restarts):
+                adv = random_start(images, t.norm, t.eps, gen) if t.random_start else images.clone()
+                for _ in range(t.steps):
+                    loss, grad = loss_and_grad(adv)
+                    if self.keep_best:
+                        best_loss, best_adv = keep_best(best_loss, best_adv, loss, adv)
+                    adv = project(adv + t.alpha * ascent_direction(grad, t.norm), images, t.norm, t.eps)
+                if not self.keep_best and t.restarts == 1:
+                    return adv  # the last iterate: the final loss would decide nothing (saves a forward)
+                with torch.no_grad():
+                    final = objective.loss(adv)
+                best_loss, best_adv = keep_best(best_loss, best_adv, final, adv)
+            return best_adv
+        finally:
+            if graphed is not None:
+                graphed.close()
 
     def describe(self):
         return {**super().describe(), "keep_best": self.keep_best}
