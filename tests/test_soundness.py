@@ -42,3 +42,15 @@ def test_soundness_checks_pass_on_an_undefended_model(mvtec_root, tmp_path):
     assert monotone.passed, monotone.figures
     assert collapse.passed, collapse.figures
     assert check.undefended_collapses().passed is None  # no adv_train field: skipped, not passed
+
+
+def test_step_ladder_fails_when_more_steps_are_weaker():
+    """PGD-5·steps weaker than PGD-steps (the shrinking 2.5ε/steps step) is a FAIL naming the rungs."""
+    check = object.__new__(SoundnessCheck)
+    check.steps, check.margin = 20, 1.0
+    figures = {4: 40.0, 20: 30.0, 100: 36.0}  # pixel AUROC under PGD-n: the longest attack is weaker
+    check.adversarial = lambda name, steps=None, **options: (90.0, figures[steps])
+    result = check.more_steps_not_weaker()
+    assert result.passed is False and result.figures == {"pgd-4": 40.0, "pgd-20": 30.0, "pgd-100": 36.0}
+    figures[100] = 29.5
+    assert check.more_steps_not_weaker().passed is True
