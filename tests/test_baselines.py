@@ -196,3 +196,29 @@ def test_robust_vit_weights_from_a_file(tmp_path):
     detector = create_method("generalad-adv", image_size=SIZE, backbone_weights=str(tmp_path / "vit.pt"), **tiny_vit)
     torch.testing.assert_close(detector.features.vit.pos_embed, reference.pos_embed)
     torch.testing.assert_close(detector.features.vit.blocks[1].mlp.fc1.weight, reference.blocks[1].mlp.fc1.weight)
+
+
+@pytest.mark.parametrize("name", ["patchcore", "simplenet", "glass"])
+def test_efficientnet_lite0_backbone_loads_the_packaged_imagenet_weights(name, mvtec_root):
+    """`backbone=efficientnet_lite0`: the offline pretrained backbone; weights equal the package's file."""
+    from robustad.methods import efficientnet_lite0
+
+    file = efficientnet_lite0.weights_file()
+    if file is None:
+        pytest.skip("efficientnet-lite0 packages not installed")
+    reference = torch.load(file, map_location="cpu", weights_only=True)
+    family = {k: v for k, v in TINY[name].items() if k != "backbone"}
+    detector = create_method(name, image_size=SIZE, backbone="efficientnet_lite0", **family)
+    extractor = detector.features.extractor
+    torch.testing.assert_close(extractor.stem[0].weight, reference["_conv_stem.weight"])
+    torch.testing.assert_close(extractor.blocks[4].state_dict()["_project_conv.weight"],
+                               reference["_blocks.4._project_conv.weight"])
+    detector.fit(create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=SIZE))
+    images = torch.rand(2, 3, SIZE, SIZE, requires_grad=True)
+    detector.score(detector(images)).sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_unknown_cnn_backbone_names_the_choices():
+    with pytest.raises(ValueError, match="efficientnet_lite0"):
+        create_method("simplenet", backbone="vgg16", backbone_init="scratch")

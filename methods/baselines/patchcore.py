@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from robustad.bench.profiles import Profile
-from robustad.methods.baselines.backbones import BackboneConfig, build_resnet, freeze
+from robustad.methods.baselines.backbones import BackboneConfig, build_cnn, freeze
 from robustad.methods.baselines.common import LocalPatchFeatures, module_device, resize_buffers, stack_images
 from robustad.methods.baselines.smoothing import gaussian_blur
 from robustad.methods.detector import Detector
@@ -96,7 +96,7 @@ class PatchCore(Detector):
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
         cfg = self.config
-        extractor = freeze(build_resnet(self.name, cfg, tuple(cfg.layers)))
+        extractor = freeze(build_cnn(self.name, cfg, tuple(cfg.layers)))
         self.features = LocalPatchFeatures(extractor, cfg.pretrain_dim, cfg.target_dim)
         self.register_buffer("memory_bank", torch.zeros(0, cfg.target_dim))
         self.register_buffer("memory_neighbours", torch.zeros(0, cfg.reweight_neighbours, dtype=torch.long))

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from robustad.bench.profiles import Profile
-from robustad.methods.baselines.backbones import BackboneConfig, build_resnet, freeze
+from robustad.methods.baselines.backbones import BackboneConfig, build_cnn, freeze
 from robustad.methods.baselines.common import (
     LocalPatchFeatures,
     batches,
@@ -77,21 +77,17 @@ def mlp_discriminator(dim: int, hidden: int) -> nn.Sequential:
     ))
 
 
-@register_method("simplenet")
-class SimpleNet(Detector):
-    """SimpleNet: feature adaptor + discriminator trained against Gaussian-noise feature anomalies."""
+class AdaptedFeatureDiscriminator(Detector):
+    """SimpleNet's structure, shared with GLASS: frozen local features → linear adaptor → patch MLP.
 
-    name = "simplenet"
-    config_class = SimpleNetConfig
-    profiles = {
-        Profile.PAPER: SimpleNetConfig(),
-        Profile.QUICK: SimpleNetConfig(image_size=96, pretrain_dim=512, target_dim=512, hidden_dim=256, epochs=8),
-    }
+    Subclasses set `name`, `config_class`, `profiles` and define `forward` (the sign of the
+    discriminator's output) and `fit`. S(x) is the maximum of M(x).
+    """
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
         cfg = self.config
-        extractor = freeze(build_resnet(self.name, cfg, tuple(cfg.layers)))
+        extractor = freeze(build_cnn(self.name, cfg, tuple(cfg.layers)))
         self.features = LocalPatchFeatures(extractor, cfg.pretrain_dim, cfg.target_dim)
         self.adaptor = xavier(nn.Linear(cfg.target_dim, cfg.target_dim))
         self.discriminator = mlp_discriminator(cfg.target_dim, cfg.hidden_dim)
@@ -101,13 +97,29 @@ class SimpleNet(Detector):
         self.features.extractor.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.features(images)
-        b, h, w, d = feats.shape
-        return -self.discriminator(self.adaptor(feats.reshape(-1, d))).view(b, h, w)
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Adapted patch features (B, h, w, D)."""
+        return self.adaptor(self.features(images))
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.flatten(1).amax(dim=1)
+
+
+@register_method("simplenet")
+class SimpleNet(AdaptedFeatureDiscriminator):
+    """SimpleNet: feature adaptor + discriminator trained against Gaussian-noise feature anomalies."""
+
+    name = "simplenet"
+    config_class = SimpleNetConfig
+    profiles = {
+        Profile.PAPER: SimpleNetConfig(),
+        Profile.QUICK: SimpleNetConfig(image_size=96, pretrain_dim=512, target_dim=512, hidden_dim=256, epochs=8),
+    }
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """M(x) = −D(adaptor(features)) per patch (the discriminator scores normal features high)."""
+        feats = self.embed(images)
+        return -self.discriminator(feats.flatten(0, 2)).view(feats.shape[:3])
 
     def anomaly_map(self, logits: torch.Tensor, size) -> torch.Tensor:
         return gaussian_blur(super().anomaly_map(logits, size), self.config.smoothing_sigma)

