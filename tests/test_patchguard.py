@@ -328,3 +328,25 @@ def test_fit_with_the_real_pseudo_anomaly_generators(mvtec_root, generator):
     detector = tiny(epochs=1, pseudo_anomaly=generator, foreground="full", train_steps=1)
     detector.fit(train)
     assert torch.isfinite(detector(torch.rand(1, 3, 32, 32))).all()
+
+
+def test_diverged_training_is_an_error_naming_the_options(mvtec_root, fake_generator):
+    from robustad.datasets import create_dataset
+
+    train = create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=32)
+    detector = tiny(epochs=3, lr=1e30)  # the first update blows the weights up: the loss turns inf/nan
+    with pytest.raises(FloatingPointError, match="diverged.*epoch .* of 3.*train_precision=fp32"):
+        detector.fit(train)
+
+
+def test_anomaly_size_reaches_the_generator_and_is_checked():
+    from robustad.methods.patchguard.detector import build_pseudo_anomaly_generator
+
+    generator = build_pseudo_anomaly_generator(tiny(anomaly_size="0.1,0.6", foreground="full").config)
+    assert generator.size_range == (0.1, 0.6)
+    generator.set_foreground_maps(torch.ones(4, 64, 64))
+    rectangles = generator.sample_rectangles(torch.arange(4).repeat(50), torch.Generator().manual_seed(0))
+    assert rectangles.sizes.min() >= 0.1 * 64 and rectangles.sizes.max() <= 0.6 * 64
+    assert rectangles.sizes.max() > 0.45 * 64  # the wider range is used, not only the paper's 0.3
+    with pytest.raises(ValueError, match="anomaly_size"):
+        tiny(anomaly_size="0.4,0.2")

@@ -9,7 +9,7 @@ training (see `adversarial_training.py`); every paper ablation is a config field
 from __future__ import annotations
 
 import dataclasses
-
+import math
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +165,7 @@ class PatchGuard(Detector):
         batch_size = min(config.batch_size, len(images))
         steps_per_epoch = max(1, len(images) // batch_size)  # drop the last partial batch
         progress = tqdm(range(config.epochs), desc="patchguard fit", disable=None)
-        for _ in progress:
+        for epoch in progress:
             order = torch.randperm(len(images), generator=generator)
             total = 0.0
             for step in range(steps_per_epoch):
@@ -174,6 +174,12 @@ class PatchGuard(Detector):
                 anomalous, masks = pseudo(normal, index, generator)
                 total += training_step(self, optimizer, normal.to(device), anomalous.to(device).float(),
                                        masks.to(device).float())
+            if not math.isfinite(total):
+                raise FloatingPointError(
+                    f"patchguard.fit diverged: the training loss is {total} in epoch {epoch + 1} of {config.epochs} "
+                    f"(train_precision={config.train_precision}, lr={config.lr}); try --config "
+                    f"train_precision=fp32 or a lower lr"
+                )
             schedule.step()
             progress.set_postfix(loss=f"{total / steps_per_epoch:.3g}")
         self.eval()
