@@ -222,3 +222,12 @@ def test_efficientnet_lite0_backbone_loads_the_packaged_imagenet_weights(name, m
 def test_unknown_cnn_backbone_names_the_choices():
     with pytest.raises(ValueError, match="efficientnet_lite0"):
         create_method("simplenet", backbone="vgg16", backbone_init="scratch")
+
+
+def test_simplenet_noise_relative_scales_with_the_features():
+    """σ = noise_std (absolute, the paper's) unless noise_relative asks for a multiple of the feature std."""
+    features = 3.0 * torch.randn(500, 64)
+    absolute = tiny("simplenet")
+    assert absolute.noise_sigma(features) == pytest.approx(0.015)
+    relative = tiny("simplenet", noise_relative=0.2)
+    assert relative.noise_sigma(features) == pytest.approx(0.2 * float(features.std()))
