@@ -121,18 +121,33 @@ class SoundnessCheck:
                         {f"eps={grid[-1] * 255:.1f}/255": round(values[-1], 2), "threshold": COLLAPSE_BELOW}),
         ]
 
+    def undefended_spec(self) -> CellSpec | None:
+        """The same cell without adversarial training: `adv_train=false`, or `<m>` for a method `<m>-adv`."""
+        from robustad.methods import METHODS
+
+        if "adv_train" in self.detector.config_dict():
+            overrides = {**self.spec.config_overrides, "adv_train": False}
+            return dataclasses.replace(self.spec, config=tuple(sorted(overrides.items())))
+        base = self.spec.method.removesuffix("-adv")
+        if base == self.spec.method or base not in METHODS.names():
+            return None
+        fields = {f.name for f in dataclasses.fields(METHODS.get(base).config_class)}
+        overrides = {k: v for k, v in self.spec.config_overrides.items() if k in fields}
+        return dataclasses.replace(self.spec, method=base, config=tuple(sorted(overrides.items())))
+
     def undefended_collapses(self) -> CheckResult:
-        fields = self.detector.config_dict()
-        if "adv_train" not in fields:
-            return CheckResult("undefended_collapses", None, {}, "the method has no adv_train field")
-        overrides = {**self.spec.config_overrides, "adv_train": False}
-        spec = dataclasses.replace(self.spec, config=tuple(sorted(overrides.items())))
+        spec = self.undefended_spec()
+        if spec is None:
+            return CheckResult("undefended_collapses", None, {},
+                               "the method has no adv_train field and no clean <method> beside <method>-adv")
+        overrides = dict(spec.config_overrides)
         undefended = create_method(spec.method, profile=spec.profile, **overrides).to(self.device)
         fit_or_load(undefended, spec, self.results, self.train_set, self.log)
         undefended.eval()
         clean, adv = self.adversarial("pgd", detector=undefended, steps=self.steps)
         return CheckResult("undefended_collapses", adv < COLLAPSE_BELOW,
-                           {"clean": round(clean, 2), "adversarial": round(adv, 2), "threshold": COLLAPSE_BELOW})
+                           {"method": spec.method, "clean": round(clean, 2), "adversarial": round(adv, 2),
+                            "threshold": COLLAPSE_BELOW})
 
     def blackbox_not_stronger(self) -> CheckResult:
         try:
