@@ -26,6 +26,20 @@ def split_attack_name(name: str) -> tuple[str, int | None]:
     return name, None
 
 
+def constructor_options(cls) -> dict:
+    """The keyword parameters of `cls.__init__`, following `**kwargs` up the class hierarchy."""
+    accepted = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters
+        accepted.update({k: p for k, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)})
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            return accepted
+    return accepted
+
+
 def create_attack(name: str, *, norm: str = "linf", eps: float | str = 8 / 255, steps: int | None = None, **options: Any):
     """Builds a callable `attack(detector, images, masks, labels=None)`.
 
@@ -52,9 +66,8 @@ def create_attack(name: str, *, norm: str = "linf", eps: float | str = 8 / 255, 
     elif getattr(cls, "default_steps", None):
         threat_kw["steps"] = cls.default_steps
     threat = ThreatModel(**threat_kw)
-    accepted = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
-    unknown = sorted(k for k in options if k not in accepted and not takes_any)
+    accepted = constructor_options(cls)
+    unknown = sorted(k for k in options if k not in accepted)
     if unknown:
         valid = sorted(k for k in accepted if k not in ("self", "threat")) + list(THREAT_FIELDS)
         raise ValueError(f"attack {base!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")

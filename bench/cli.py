@@ -55,6 +55,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restarts", type=int, default=None)
     p.add_argument("--random-start", dest="random_start", action="store_true", default=None)
     p.add_argument("--step-size", dest="step_size", type=eps_argument, default=None)
+    p.add_argument("--attack-option", dest="attack_option", action="append", metavar="KEY=VALUE",
+                   help="an option of the attack's constructor, e.g. losses=masked-ce,balanced-ce,js,margin "
+                        "for sea (repeatable; recorded with the cell)")
     p.add_argument("--profile", default="quick", choices=["quick", "paper"])
     p.add_argument("--seed", action="append", type=int, default=None, help="seed (repeat for several; default 0)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="output folder (default: results)")
@@ -67,16 +70,40 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rerun cells whose record exists")
 
 
+def parse_option_value(text: str):
+    """"true"/"false" → bool, "3" → int, "0.5" or "8/255" → float, anything else stays a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return parse_eps(text)
+    except (ValueError, ZeroDivisionError):
+        return text
+
+
+def attack_options_of(args) -> dict:
+    """The attack options of `bench run`: the named flags plus every --attack-option KEY=VALUE."""
+    options = {
+        "loss": args.loss, "restarts": args.restarts, "random_start": args.random_start,
+        "step_size": parse_eps(args.step_size) if args.step_size is not None else None,
+    }
+    for item in getattr(args, "attack_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--attack-option {item!r}: expected KEY=VALUE, e.g. losses=masked-ce,js")
+        options[key.strip()] = parse_option_value(value)
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def build_specs(args) -> list:
     from robustad.bench.runner import CellSpec, expand_categories
 
     config = parse_config_items(args.config)
-    attack_options = tuple(sorted(
-        (k, v) for k, v in {
-            "loss": args.loss, "restarts": args.restarts, "random_start": args.random_start,
-            "step_size": parse_eps(args.step_size) if args.step_size is not None else None,
-        }.items() if v is not None
-    ))
+    attack_options = tuple(sorted(attack_options_of(args).items()))
     specs = []
     for method, dataset in itertools.product(args.method, args.dataset):
         categories = expand_categories(dataset, args.root, args.category or "all")
@@ -102,8 +129,7 @@ def validate_run_arguments(args) -> None:
         create_method(method, profile=args.profile, **config)
     for attack in args.attack or ["pgd"]:
         create_attack(attack, norm=args.norm, eps=parse_eps((args.eps or ["8/255"])[0]), steps=args.steps,
-                      objective=args.objective, loss=args.loss, restarts=args.restarts,
-                      random_start=args.random_start)
+                      objective=args.objective, **attack_options_of(args))
 
 
 def cmd_run(args) -> int:

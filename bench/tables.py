@@ -85,6 +85,11 @@ def _attack_and_steps(attack: str, steps: int | None) -> tuple[str, int | None]:
     return attack, steps
 
 
+def _options_text(options: dict) -> str:
+    """"loss=ce, step_size=0.00784": attack options as a column label keeps them apart."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(options.items()))
+
+
 @dataclass(frozen=True, order=True)
 class AttackSetting:
     """What makes two records comparable in one table column."""
@@ -96,17 +101,20 @@ class AttackSetting:
     norm: str
     eps: float
     eps_text: str
+    options: str = ""  # the cell's non-default attack options (--step-size, --attack-option ...)
 
     @classmethod
     def of(cls, record: dict) -> "AttackSetting":
         attack, steps = _attack_and_steps(record["attack"], record["steps"])
         eps = round(float(record["eps"]), 6)
         return cls(record["profile"], attack, -1 if steps is None else steps, record["objective"],
-                   record["norm"], eps, record.get("eps_text") or f"{eps:g}")
+                   record["norm"], eps, record.get("eps_text") or f"{eps:g}",
+                   _options_text(record.get("attack_options") or {}))
 
     def attack_label(self) -> str:
         name = ATTACK_NAMES.get(self.attack, self.attack)
-        return f"{name}-{self.steps}" if self.steps > 1 else name
+        label = f"{name}-{self.steps}" if self.steps > 1 else name
+        return f"{label} [{self.options}]" if self.options else label
 
     def describe(self) -> str:
         return (f"{self.attack_label()}, ε = {self.eps_text} ({NORM_NAMES[self.norm]}), "

@@ -44,3 +44,27 @@ def test_data_info_json_and_wrong_root(mvtec_root, tmp_path, capsys):
     assert info["categories"]["alpha"]["test_anomalous"] == 6
     assert main(["data", "info", "--dataset", "mvtec", "--root", str(tmp_path / "nowhere")]) == 2
     assert str(tmp_path / "nowhere") in capsys.readouterr().err
+
+
+def test_attack_options_are_passed_recorded_and_kept_apart_in_tables(mvtec_root, tmp_path, capsys):
+    import json
+
+    run = ["run", "--method", "tests.tiny_detector:TinyDetector", "--dataset", "mvtec", "--root", str(mvtec_root),
+           "--category", "alpha", "--attack", "pgd", "--steps", "3", "--results", str(tmp_path)]
+    assert main(run) == 0
+    assert main([*run, "--attack-option", "keep_best=false", "--attack-option", "random_start=true"]) == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json")]
+    assert sorted(r["attack_options"].get("keep_best", True) for r in records) == [False, True]
+    with_options = next(r for r in records if r["attack_options"])
+    assert with_options["attack_options"] == {"keep_best": False, "random_start": True}
+    assert with_options["attack_config"]["keep_best"] is False and with_options["attack_config"]["random_start"]
+    capsys.readouterr()
+    assert main(["table", "--results", str(tmp_path), "--layout", "attacks", "--format", "csv"]) == 0
+    header = capsys.readouterr().out.splitlines()
+    assert any("PGD-3 [keep_best=False, random_start=True]" in line for line in header)
+    # an option the attack does not take is refused before anything runs, naming the valid ones
+    assert main([*run, "--attack-option", "lossess=js"]) == 2
+    err = capsys.readouterr().err
+    assert "lossess" in err and "keep_best" in err
+    assert main([*run, "--attack-option", "novalue"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
