@@ -279,12 +279,11 @@ class EfficientNetFeatures(nn.Module):
                              f"{', '.join(EFFICIENTNET_STAGE_ENDS)}")
         self.layers = tuple(layers)
         self.arch = EFFICIENTNET
-        self._net = efficientnet_lite0.build_model(None)
+        net = efficientnet_lite0.build_model(None)
         last = max(EFFICIENTNET_STAGE_ENDS[name] for name in self.layers)
-        self.stem = nn.Sequential(self._net._conv_stem, self._net._bn0, self._net._swish)
-        self.blocks = nn.ModuleList(self._net._blocks[:last + 1])
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = nn.ModuleList(net._blocks[:last + 1])
         self._ends = {EFFICIENTNET_STAGE_ENDS[name]: name for name in self.layers}
-        del self._net
         self.preprocess = efficientnet_lite0.preprocess
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

