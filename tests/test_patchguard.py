@@ -9,7 +9,12 @@ import torch
 from robustad.attacks.threat_model import Norm, lp_norm
 from robustad.methods import CheckpointMismatchError, create_method
 from robustad.methods.patchguard import PatchGuard, PatchGuardConfig
-from robustad.methods.patchguard.adversarial_training import adversarial_examples, patch_labels, patchguard_loss
+from robustad.methods.patchguard.adversarial_training import (
+    adversarial_examples,
+    patch_labels,
+    patchguard_loss,
+    training_eps,
+)
 from robustad.methods.patchguard.attention_degree import attention_degree, image_attention_degrees
 from robustad.methods.patchguard.attention_regularizer import attention_r, attention_regularizer, kl_to_uniform
 from robustad.methods.patchguard.model import AttentionDiscriminator, DISCRIMINATOR, block_attention
@@ -224,6 +229,36 @@ def test_training_adversarial_examples_stay_in_the_ball_and_raise_the_flip_loss(
     detector.eval()
     with torch.no_grad():
         assert detector(adv).mean() > detector(x).mean()  # normal patches pushed toward "anomalous"
+
+
+def test_one_attack_on_normal_and_pseudo_anomalies_equals_two():
+    torch.manual_seed(0)
+    detector = tiny(train_steps=4)
+    x = torch.rand(6, 3, 32, 32)
+    targets = torch.zeros(6, 4, 4)
+    targets[3:, 1:3, 1:3] = 1
+    together = adversarial_examples(detector, x, targets, detector.config)
+    apart = torch.cat([adversarial_examples(detector, x[:3], targets[:3], detector.config),
+                       adversarial_examples(detector, x[3:], targets[3:], detector.config)])
+    assert (together - x).abs().amax() == pytest.approx(8 / 255)
+    assert (together != apart).float().mean() < 0.01  # per-image losses: only float noise may differ
+
+
+def test_eps_warmup_ramps_the_training_eps_then_holds_it():
+    config = PatchGuardConfig(epochs=10, eps_warmup=0.5)
+    ramp = [training_eps(config, epoch / 10) for epoch in range(10)]
+    assert ramp[0] == pytest.approx(config.train_eps / 5)
+    assert all(a < b for a, b in zip(ramp[:5], ramp[1:5]))
+    assert ramp[4:] == [config.train_eps] * 6
+    assert training_eps(PatchGuardConfig(epochs=10), 0.0) == config.train_eps  # off by default
+    torch.manual_seed(0)
+    detector = tiny(train_steps=3)
+    x = torch.rand(2, 3, 32, 32)
+    adv = adversarial_examples(detector, x, torch.zeros(2, 4, 4), detector.config, eps=2 / 255)
+    assert lp_norm(adv - x, Norm.LINF).max() <= 2 / 255 + 1e-6
+    assert lp_norm(adv - x, Norm.LINF).max() > 1.5 / 255  # the full step size of the smaller ε
+    with pytest.raises(ValueError, match="eps_warmup"):
+        PatchGuardConfig(eps_warmup=1.5)
 
 
 def test_tiny_fit_runs_and_is_deterministic(mvtec_root, fake_generator):

@@ -71,13 +71,32 @@ def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: Pa
     return bce + regularizer
 
 
-def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig) -> torch.Tensor:
-    """PGD-`train_steps` L∞ examples flipping `targets` (B, g, g), model frozen (eval mode)."""
+def training_eps(config: PatchGuardConfig, progress: float) -> float:
+    """The training ε at `progress` (fraction of the epochs done, in [0, 1]).
+
+    With `eps_warmup` = w > 0, ε grows linearly from ε/(w·epochs) to ε over the first w of the
+    epochs (the ε warm-up of adversarially trained ViTs: Mo et al., NeurIPS 2022; Debenedetti et
+    al., "A Light Recipe to Train Robust Vision Transformers", SaTML 2023); afterwards it is ε.
+    """
+    if config.eps_warmup <= 0 or progress >= config.eps_warmup:
+        return config.train_eps
+    first_epoch = 1.0 / max(1, config.epochs)
+    return config.train_eps * min(1.0, (progress + first_epoch) / config.eps_warmup)
+
+
+def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig,
+                         eps: float | None = None) -> torch.Tensor:
+    """PGD-`train_steps` L∞ examples flipping `targets` (B, g, g), model frozen (eval mode).
+
+    `eps` defaults to `config.train_eps`; the step size stays 2.5·eps/steps (or `train_step_size`).
+    """
+    eps = config.train_eps if eps is None else eps
+    step_size = config.train_step_size * eps / config.train_eps if config.train_step_size else None
     threat = ThreatModel(
         norm=Norm.LINF,
-        eps=config.train_eps,
+        eps=eps,
         steps=config.train_steps,
-        step_size=config.train_step_size or None,
+        step_size=step_size,
     )
     attack = PGD(threat, keep_best=False)  # the last iterate, as the official code
     with frozen(detector):
@@ -87,25 +106,29 @@ def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, 
         return attack.perturb(objective, images.detach()).detach()
 
 
-def training_step(detector, optimizer, normal: torch.Tensor, anomalous: torch.Tensor, anomaly_masks: torch.Tensor) -> float:
+def training_step(detector, optimizer, normal: torch.Tensor, anomalous: torch.Tensor, anomaly_masks: torch.Tensor,
+                  eps: float | None = None) -> float:
     """One optimizer step on normal images (B, 3, H, W) and pseudo anomalies with masks (B, 1, H, W).
 
-    Returns the loss value. Uses autocast to bfloat16 when `train_precision="bf16"`.
+    `eps`: the training attack's ε (default `config.train_eps`; see `training_eps`). Returns the
+    loss value. Uses autocast to bfloat16 when `train_precision="bf16"`.
     """
     config = detector.config
     grid = config.grid_size
     normal_targets = torch.zeros(normal.shape[0], grid, grid, device=normal.device)
     anomaly_targets = patch_labels(anomaly_masks, grid, config.patch_label_rule).to(normal.device)
-    batches = [(normal, normal_targets), (anomalous, anomaly_targets)]
+    images = torch.cat([normal, anomalous])
+    targets = torch.cat([normal_targets, anomaly_targets])
     device_type = normal.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.train_precision == "bf16"):
         if config.adv_train:
-            batches += [(adversarial_examples(detector, x, t, config), t) for x, t in batches]
-        images = torch.cat([x for x, _ in batches])
-        targets = torch.cat([t for _, t in batches])
+            # One attack on x and x' together: per-image losses, so the same examples as two
+            # attacks (the official code's), with half the passes over twice the batch.
+            images = torch.cat([images, adversarial_examples(detector, images, targets, config, eps)])
+            targets = torch.cat([targets, targets])
         detector.train()
         per_image = patchguard_loss(detector.net, images, targets, config)
-    loss = per_image.view(len(batches), -1).mean(dim=1).sum()
+    loss = per_image.view(-1, normal.shape[0]).mean(dim=1).sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

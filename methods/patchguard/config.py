@@ -12,6 +12,7 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - without the discriminator (Table 19): `discriminator=false`
 - pseudo-anomaly generator (Table 6): `pseudo_anomaly=ours|cutpaste|fpi|nsa`
 - pseudo-anomaly rectangle size (paper §5.1: U(0.05, 0.3) of the side): `anomaly_size=0.05,0.5`
+- training ε warm-up (not in the paper; a standard aid for adversarially trained ViTs): `eps_warmup=0.2`
 
 Where the official code (github.com/rohban-lab/PatchGuard) differs from the paper, the paper is the
 default and the official choice an option: `patch_label_rule="any"`, `reg_type="kl"` with
@@ -69,6 +70,7 @@ class PatchGuardConfig(DetectorConfig):
     train_steps: int = 10
     train_step_size: float = 0.0  # 0: 2.5·ε/steps (the official code)
     train_attack_loss: str = "margin"  # the flip loss PGD maximizes during training
+    eps_warmup: float = 0.0  # fraction of the epochs over which the training ε ramps up from 0 (0: off)
     # -- optimizer: AdamW, cosine decay to lr·lr_final_factor -----------------------------------
     epochs: int = 300
     batch_size: int = 16
@@ -127,6 +129,8 @@ class PatchGuardConfig(DetectorConfig):
                 f"patchguard config kl_weights={self.kl_weights}: give one weight, or one per regularized "
                 f"layer ({len(self.reg_layers) + int(self.reg_discriminator)})"
             )
+        if not 0 <= self.eps_warmup <= 1:
+            raise ValueError(f"patchguard config eps_warmup={self.eps_warmup}: expected a fraction of the epochs in [0, 1]")
         if self.top_k < 1 or self.epochs < 0 or self.batch_size < 1 or self.train_steps < 1:
             raise ValueError("patchguard config: top_k, batch_size and train_steps must be >= 1, epochs >= 0")
 

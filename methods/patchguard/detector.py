@@ -17,7 +17,7 @@ from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
 from robustad.methods.detector import Detector
-from robustad.methods.patchguard.adversarial_training import training_step
+from robustad.methods.patchguard.adversarial_training import training_eps, training_step
 from robustad.methods.patchguard.config import PROFILES, PatchGuardConfig
 from robustad.methods.patchguard.model import PatchGuardNet
 from robustad.methods.registry import register_method
@@ -173,7 +173,7 @@ class PatchGuard(Detector):
                 normal = images[index]
                 anomalous, masks = pseudo(normal, index, generator)
                 total += training_step(self, optimizer, normal.to(device), anomalous.to(device).float(),
-                                       masks.to(device).float())
+                                       masks.to(device).float(), eps=training_eps(config, epoch / config.epochs))
             if not math.isfinite(total):
                 raise FloatingPointError(
                     f"patchguard.fit diverged: the training loss is {total} in epoch {epoch + 1} of {config.epochs} "
