@@ -159,6 +159,9 @@ def test_loss_is_patch_bce_sum_plus_alpha_r():
     with_r = patchguard_loss(detector.net, x, targets, detector.config)
     _, attention = detector.forward_with_attention(x, (1,))
     assert torch.allclose(with_r - plain, attention_r(attention[1], 1 / 16), atol=1e-4)
+    weighted = patchguard_loss(detector.net, x, targets, tiny(alpha=0, anomalous_patch_weight=3).config)
+    anomalous_bce = torch.nn.functional.binary_cross_entropy_with_logits(detector(x)[0, 1, 1], torch.tensor(1.0))
+    assert torch.allclose(weighted - plain, torch.stack([2 * anomalous_bce, torch.tensor(0.0)]), atol=1e-4)
 
 
 def test_patch_label_rules():

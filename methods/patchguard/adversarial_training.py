@@ -56,6 +56,8 @@ def regularized_layers(config: PatchGuardConfig) -> tuple:
 def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig) -> torch.Tensor:
     """L(x, x_m) = Σ_patches BCE(M, x_m) + α·R(x) per image, shape (B,) (eq. 3-5).
 
+    With `anomalous_patch_weight` w ≠ 1 the BCE of anomalous patches counts w times.
+
     `net` is a `PatchGuardNet`, `targets` (B, g, g) patch labels in {0, 1}.
     """
     if config.alpha == 0:
@@ -67,7 +69,11 @@ def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: Pa
         regularizer = config.alpha * attention_regularizer(
             ordered, reg_type=config.reg_type, delta=config.delta, kl_weights=config.kl_weights
         )
-    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").flatten(1).sum(1)
+    weight = None
+    if config.anomalous_patch_weight != 1:
+        weight = 1 + (config.anomalous_patch_weight - 1) * targets.float()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), weight=weight, reduction="none")
+    bce = bce.flatten(1).sum(1)
     return bce + regularizer
 
 

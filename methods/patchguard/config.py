@@ -12,6 +12,7 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - without the discriminator (Table 19): `discriminator=false`
 - pseudo-anomaly generator (Table 6): `pseudo_anomaly=ours|cutpaste|fpi|nsa`
 - pseudo-anomaly rectangle size (paper §5.1: U(0.05, 0.3) of the side): `anomaly_size=0.05,0.5`
+- anomalous patches weighted in the BCE (not in the paper; ~5% of patches are anomalous): `anomalous_patch_weight=4`
 - training ε warm-up (not in the paper; a standard aid for adversarially trained ViTs): `eps_warmup=0.2`
 
 Where the official code (github.com/rohban-lab/PatchGuard) differs from the paper, the paper is the
@@ -57,6 +58,7 @@ class PatchGuardConfig(DetectorConfig):
     reg_discriminator: bool = False  # also regularize the discriminator's attention layer
     kl_weights: tuple = (1.0,)  # per regularized layer, reg_type="kl" only (official: .005,.01,.05)
     patch_label_rule: str = "fraction"  # "fraction": > 5% of the patch's pixels; "any": official
+    anomalous_patch_weight: float = 1.0  # BCE weight of anomalous patches (1: the paper's plain sum)
     # -- pseudo anomalies (paper §5.1) ----------------------------------------------------------
     pseudo_anomaly: str = "ours"
     foreground: str = "auto"
@@ -131,6 +133,8 @@ class PatchGuardConfig(DetectorConfig):
             )
         if not 0 <= self.eps_warmup <= 1:
             raise ValueError(f"patchguard config eps_warmup={self.eps_warmup}: expected a fraction of the epochs in [0, 1]")
+        if self.anomalous_patch_weight <= 0:
+            raise ValueError(f"patchguard config anomalous_patch_weight={self.anomalous_patch_weight}: expected > 0")
         if self.top_k < 1 or self.epochs < 0 or self.batch_size < 1 or self.train_steps < 1:
             raise ValueError("patchguard config: top_k, batch_size and train_steps must be >= 1, epochs >= 0")
 
