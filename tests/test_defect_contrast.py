@@ -1,0 +1,26 @@
+"""benchmarks/defect_contrast.py measures how much of each built-in defect lies beyond ε."""
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "defect_contrast.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("defect_contrast", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_defect_share_beyond_eps_falls_with_eps_and_covers_every_kind():
+    from robustad.datasets.surface_defects import DEFECT_KINDS
+
+    script = load_script()
+    shares = {eps: script.defect_contrast("brick", 32, eps, grid=4) for eps in (0.0, 8 / 255, 1.0)}
+    assert set(shares[0.0]) == set(DEFECT_KINDS)
+    for kind in DEFECT_KINDS:
+        low, mid, high = (shares[eps][kind] for eps in (0.0, 8 / 255, 1.0))
+        assert low["pixels_beyond_eps"] >= mid["pixels_beyond_eps"] >= high["pixels_beyond_eps"] == 0.0
+        assert high["fragile_patches"] == 1.0  # nothing changes by more than the whole range
+        assert 0 < mid["median_change_255"] <= 255
+    assert min(shares[0.0][kind]["pixels_beyond_eps"] for kind in DEFECT_KINDS) > 0.5  # defects change pixels
