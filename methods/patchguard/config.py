@@ -167,8 +167,8 @@ PAPER = PatchGuardConfig()
 # 200 epochs 84.8 → 28.8; 200 epochs with anomaly_size=0.05,0.6: 86.5 → 38.6; 400 epochs with it:
 # 98.1 → 58.3; training PGD-3 or PGD-2 instead of 5 is cheaper but PGD-100 then finds far weaker
 # points (400 epochs: 22.9, 5.3 under PGD-100). 300 epochs fit the ~10 minutes of a 2-core CPU.
-# Tried on the CPU, none better under PGD-100 (pixel AUROC; this preset 37-44 across seeds/runs):
-# patch_label_rule=any 36.2, eps_warmup=0.2 25.4, anomalous_patch_weight=4 45.9 / 33.3 (two seeds),
+# Tried on the CPU, none better under PGD-100 (pixel AUROC; this preset 33-44 over seeds and runs):
+# patch_label_rule=any 36.2, eps_warmup=0.2 25.4, anomalous_patch_weight=4 45.9 / 33.3 (seeds 0, 1; preset 44.3 / 32.7),
 # width 64 × 600 epochs 32.8, width 128 28.7, 128 px with patch 16 26.6.
 # bf16 autocast in training: AMX CPUs and GPUs run it much faster.
 QUICK = PatchGuardConfig(
