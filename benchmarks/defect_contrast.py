@@ -7,9 +7,10 @@ defect makes is known exactly. After resizing image and source the way the loade
 antialiased; masks nearest-neighbour), this prints per defect kind: the share of defect pixels that
 differ from the source by more than ε in some channel, their median change, and the share of
 anomalous patches (the detector's grid: `--grid`, 8 in the quick PatchGuard) where under 5% of the
-pixels changed by more than ε (over the images with an anomalous patch at that grid). An L∞ attacker with budget ε can undo any change of at most ε, so a
-defect that lies mostly within ε of its normal source cannot be localized robustly by any detector;
-this bounds what "keeps its clean AUROC under attack" can mean at that size.
+pixels changed by more than ε (over the images with an anomalous patch at that grid). An L∞ attacker
+with budget ε can undo any change of at most ε, so a defect that lies mostly within ε of its normal
+source cannot be localized robustly by any detector; this bounds what "keeps its clean AUROC under
+attack" can mean at that size.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - without the discriminator (Table 19): `discriminator=false`
 - pseudo-anomaly generator (Table 6): `pseudo_anomaly=ours|cutpaste|fpi|nsa`
 - pseudo-anomaly rectangle size (paper §5.1: U(0.05, 0.3) of the side): `anomaly_size=0.05,0.5`
-- anomalous patches weighted in the BCE (not in the paper; ~5% of patches are anomalous): `anomalous_patch_weight=4`
+- anomalous patches weighted in the BCE (not in the paper; ~7% of the quick brick training patches are): `anomalous_patch_weight=4`
 - training ε warm-up (not in the paper; a standard aid for adversarially trained ViTs): `eps_warmup=0.2`
 
 Where the official code (github.com/rohban-lab/PatchGuard) differs from the paper, the paper is the
