@@ -22,6 +22,7 @@ except ImportError:  # device machine: map the repo folders onto the robustad na
     package = types.ModuleType("robustad")
     package.__path__ = [str(Path(__file__).resolve().parents[1])]
     sys.modules["robustad"] = package
+import numpy as np
 import torch
 from robustad.attacks import create_attack
 from robustad.bench.runner import evaluate
@@ -68,10 +69,10 @@ def main():
 
 
 def training_distribution_auroc(det, train, steps: int, device) -> dict:
-    """Patch AUROC (clean, PGD-`steps`) on 48 training images plus one pseudo anomaly of each."""
-    from sklearn.metrics import roc_auc_score
+    """Patch AUROC (clean, PGD-`steps`) on 48 training images plus one pseudo anomaly of each.
 
-    from robustad.attacks.objectives import patch_targets
+    "adv_by_group" splits the PGD figure (`patch_auroc_breakdown`): which patches the attack wins on.
+    """
     from robustad.methods.patchguard.detector import build_pseudo_anomaly_generator, generator_config, training_images
 
     images = training_images(train, det.image_size, det.config.patch_size)[:48]
@@ -83,10 +84,43 @@ def training_distribution_auroc(det, train, steps: int, device) -> dict:
     labels = torch.cat([torch.zeros(len(images)), torch.ones(len(images))]).to(device)
     adv = create_attack(f"pgd-{steps}")(det, x, m, labels)
     with torch.no_grad():
-        clean_logits, adv_logits = det(x).flatten().cpu(), det(adv).flatten().cpu()
-    grid = det.config.grid_size
-    targets = patch_targets(m.cpu(), (grid, grid)).flatten()
-    return {"clean": 100 * roc_auc_score(targets, clean_logits), "adv": 100 * roc_auc_score(targets, adv_logits)}
+        clean_logits, adv_logits = det(x).cpu(), det(adv).cpu()
+    clean = patch_auroc_breakdown(clean_logits, m.cpu(), labels.cpu())
+    by_group = patch_auroc_breakdown(adv_logits, m.cpu(), labels.cpu())
+    return {"clean": clean["all"], "adv": by_group["all"], "adv_by_group": by_group}
+
+
+def patch_auroc_breakdown(logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Patch AUROC (%) of `logits` (B, g, g) against pixel `masks` (B, 1, H, W), overall and by group.
+
+    A patch is anomalous when more than 5% of its pixels are (the training rule), normal when none
+    are; "all" compares every anomalous patch with every other one. The groups keep one side whole
+    and narrow the other: "core" / "fringe" take as positives only the anomalous patches more than
+    75% / at most 25% anomalous; "normal_images" / "anomalous_images" take as negatives only the
+    normal patches of normal / of anomalous images (`labels` (B,), 1 = anomalous image). None where
+    a group is empty.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    grid = logits.shape[-1]
+    fraction = torch.nn.functional.adaptive_avg_pool2d(masks.float(), grid)[:, 0].flatten().numpy()
+    scores = logits.float().flatten().numpy()
+    image_label = labels.float()[:, None].expand(-1, grid * grid).flatten().numpy()
+    positive, clean = fraction > 0.05, fraction == 0
+
+    def auroc(negatives, positives) -> float | None:
+        if not negatives.any() or not positives.any():
+            return None
+        targets = np.concatenate([np.zeros(negatives.sum()), np.ones(positives.sum())])
+        return 100 * roc_auc_score(targets, np.concatenate([scores[negatives], scores[positives]]))
+
+    return {
+        "all": auroc(~positive, positive),
+        "core": auroc(~positive, fraction > 0.75),
+        "fringe": auroc(~positive, positive & (fraction <= 0.25)),
+        "normal_images": auroc(clean & (image_label == 0), positive),
+        "anomalous_images": auroc(clean & (image_label == 1), positive),
+    }
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""benchmarks/patchguard_acceptance.py: the patch AUROC breakdown of its training-distribution check."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "patchguard_acceptance.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("patchguard_acceptance", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def two_images():
+    """A normal image and an anomalous one on a 2×2 grid of 4×4 px patches.
+
+    The anomalous image's patch (0, 0) is all anomalous (core), patch (0, 1) a quarter (fringe).
+    """
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[1, 0, :4, :4] = 1
+    masks[1, 0, :2, 4:6] = 1
+    return masks, torch.tensor([0.0, 1.0])
+
+
+def test_breakdown_names_the_group_the_scores_fail_on():
+    breakdown = load_script().patch_auroc_breakdown
+    masks, labels = two_images()
+    # the fringe patch scores below every normal patch, the core patch above: only "fringe" fails
+    logits = torch.tensor([[[0.0, 0.1], [0.2, 0.3]], [[5.0, -1.0], [0.4, 0.5]]])
+    groups = breakdown(logits, masks, labels)
+    assert groups["core"] == pytest.approx(100.0)
+    assert groups["fringe"] == pytest.approx(0.0)
+    assert groups["all"] == pytest.approx(50.0)
+    assert groups["normal_images"] == pytest.approx(50.0) and groups["anomalous_images"] == pytest.approx(50.0)
+    # a normal patch of the anomalous image outscoring the core patch: only that negative group drops
+    logits[1, 1, 1] = 6.0
+    groups = breakdown(logits, masks, labels)
+    assert groups["normal_images"] == pytest.approx(50.0)
+    assert groups["anomalous_images"] == pytest.approx(25.0)
+
+
+def test_breakdown_reports_empty_groups_as_none():
+    masks, labels = two_images()
+    groups = load_script().patch_auroc_breakdown(torch.zeros(2, 2, 2), torch.zeros_like(masks), labels)
+    assert all(value is None for value in groups.values())
