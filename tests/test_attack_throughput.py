@@ -1,9 +1,6 @@
 """The benchmark's loops compute the same attack: the official loop (parameter gradients,
 `loss.backward()`), our engine (input gradient only, frozen parameters, any chunking) and
 torchattacks' PGD on the two-class wrapper give the same adversarial images."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,15 +8,12 @@ from robustad.attacks import create_attack
 from robustad.attacks.batching import attack_in_chunks
 from robustad.attacks.objectives import AttackObjective
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "attack_throughput.py"
+from tests.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("attack_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("attack_throughput")
 
 
 def test_official_loop_equals_engine(bench, trained_tiny):

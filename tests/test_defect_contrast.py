@@ -1,15 +1,9 @@
 """benchmarks/defect_contrast.py measures how much of each built-in defect lies beyond ε."""
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "defect_contrast.py"
+from tests.benchmark_scripts import load_benchmark
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("defect_contrast", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("defect_contrast")
 
 
 def test_defect_share_beyond_eps_falls_with_eps_and_covers_every_kind():

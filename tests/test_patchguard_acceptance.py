@@ -1,18 +1,12 @@
 """benchmarks/patchguard_acceptance.py: the patch AUROC breakdown of its training-distribution check."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "patchguard_acceptance.py"
+from tests.benchmark_scripts import load_benchmark
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("patchguard_acceptance", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("patchguard_acceptance")
 
 
 def two_images():
