@@ -1,12 +1,13 @@
 """Acceptance measurement (not a test): PatchGuard (quick) on one `textures` category, adversarial vs clean training.
 
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
-    [--steps 20,100] [--train-check]
+    [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE]
 Prints one JSON line per variant: clean / PGD-N (localization) image+pixel AUROC and PGD-N
 (detection objective) image AUROC for each N of --steps. --train-check adds the patch AUROC,
 clean and under PGD-N (localization), on 48 training images and their pseudo anomalies: a low
 figure there means the adversarial training under-fits; a high one with a low test figure means
-the robustness does not carry over from pseudo to real anomalies.
+the robustness does not carry over to the test set. The same on the test set's normal images and
+their pseudo anomalies ("heldout") says which part does not: unseen normal images, or real defects.
 """
 import argparse
 import json
@@ -40,6 +41,8 @@ def main():
     ap.add_argument("--label", default="", help="a name printed with the results")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE, as bench's --config")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-dir", type=Path, help="write each trained model to DIR/<label>-<variant>-seed<N>.pt")
+    ap.add_argument("--checkpoint", type=Path, help="evaluate this saved model (same --set) instead of training")
     args = ap.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.set)
     device = torch.device(args.device)
@@ -51,8 +54,14 @@ def main():
         test = create_dataset("textures", category=args.category, split="test", image_size=det.image_size)
         det.to(device)
         t0 = time.perf_counter()
-        det.fit(train)
+        if args.checkpoint:
+            det.load_checkpoint(args.checkpoint)  # refused, naming the fields, if --set differs
+        else:
+            det.fit(train)
         fit_s = time.perf_counter() - t0
+        if args.save_dir and not args.checkpoint:
+            args.save_dir.mkdir(parents=True, exist_ok=True)
+            det.save_checkpoint(args.save_dir / f"{args.label or 'run'}-{variant}-seed{args.seed}.pt")
         res = {"label": args.label, "variant": variant, "overrides": {**overrides, **extra},
                "fit_s": round(fit_s, 1), "n_train": len(train)}
         for steps in [int(s) for s in args.steps.split(",")]:
@@ -64,19 +73,22 @@ def main():
                                                   "eval_s": round(time.perf_counter() - t0, 1)}
             if args.train_check:
                 res[f"train_patch_auroc_pgd{steps}"] = training_distribution_auroc(det, train, steps, device)
+                res[f"heldout_patch_auroc_pgd{steps}"] = training_distribution_auroc(det, test, steps, device)
         res["n_test"] = ev["n_test"]
         print(json.dumps(res), flush=True)
 
 
-def training_distribution_auroc(det, train, steps: int, device) -> dict:
-    """Patch AUROC (clean, PGD-`steps`) on 48 training images plus one pseudo anomaly of each.
+def training_distribution_auroc(det, dataset, steps: int, device) -> dict:
+    """Patch AUROC (clean, PGD-`steps`) on up to 48 normal images of `dataset` plus one pseudo anomaly of each.
 
+    On the training set it says whether the adversarial training fits; on the test set's normal
+    images ("heldout") whether that carries over to unseen normal images, before real defects.
     "adv_by_group" splits the PGD figure (`patch_auroc_breakdown`): which patches the attack wins on.
     """
     from robustad.methods.patchguard.detector import build_pseudo_anomaly_generator, generator_config, training_images
 
-    images = training_images(train, det.image_size, det.config.patch_size)[:48]
-    generator = build_pseudo_anomaly_generator(generator_config(det.config, train))
+    images = training_images(dataset, det.image_size, det.config.patch_size)[:48]
+    generator = build_pseudo_anomaly_generator(generator_config(det.config, dataset))
     generator.prepare(images)
     anomalous, masks = generator(images, torch.arange(len(images)), torch.Generator().manual_seed(1))
     x = torch.cat([images, anomalous.float()]).to(device)
