@@ -114,11 +114,14 @@ def patch_auroc_breakdown(logits: torch.Tensor, masks: torch.Tensor, labels: tor
     """
     from sklearn.metrics import roc_auc_score
 
+    from robustad.attacks.objectives import patch_targets
+
     grid = logits.shape[-1]
+    positive = patch_targets(masks, (grid, grid)).flatten().numpy() > 0
     fraction = torch.nn.functional.adaptive_avg_pool2d(masks.float(), grid)[:, 0].flatten().numpy()
     scores = logits.float().flatten().numpy()
     image_label = labels.float()[:, None].expand(-1, grid * grid).flatten().numpy()
-    positive, clean = fraction > 0.05, fraction == 0
+    clean = fraction == 0
 
     def auroc(negatives, positives) -> float | None:
         if not negatives.any() or not positives.any():
