@@ -247,6 +247,26 @@ def test_one_attack_on_normal_and_pseudo_anomalies_equals_two():
     assert (together != apart).float().mean() < 0.01  # per-image losses: only float noise may differ
 
 
+def test_training_random_start_draws_a_new_start_each_call_deterministically():
+    x = torch.rand(2, 3, 32, 32)
+    targets = torch.zeros(2, 4, 4)
+
+    def two_calls(**overrides):
+        torch.manual_seed(0)
+        detector = tiny(train_steps=1, train_step_size=1 / 255, **overrides)
+        return [adversarial_examples(detector, x, targets, detector.config) for _ in range(2)]
+
+    first, second = two_calls(train_random_start=True)
+    again, _ = two_calls(train_random_start=True)
+    assert torch.equal(first, again)  # deterministic under torch.manual_seed
+    assert (first != second).float().mean() > 0.5  # a new uniform start in each training step
+    assert (lp_norm(first - x, Norm.LINF) <= 8 / 255 + 1e-6).all()
+    # one step of 1/255 from a uniform start leaves most pixels more than 1/255 from x; from x none
+    assert ((first - x).abs() > 1.5 / 255).float().mean() > 0.5
+    plain, plain_again = two_calls()
+    assert torch.equal(plain, plain_again) and ((plain - x).abs() <= 1 / 255 + 1e-6).all()
+
+
 def test_eps_warmup_ramps_the_training_eps_then_holds_it():
     config = PatchGuardConfig(epochs=10, eps_warmup=0.5)
     ramp = [training_eps(config, epoch / 10) for epoch in range(10)]

@@ -2,9 +2,10 @@
 
 Each step takes a batch of normal images x (targets all 0) and their pseudo anomalies x' (targets
 from the pseudo-anomaly masks), crafts x_adv and x'_adv with PGD inside the L∞ ε-ball (ε = 8/255,
-10 steps, step 2.5·ε/steps, no random start) and minimizes the sum of the losses of the four
-batches, L(x) + L(x_adv) + L(x') + L(x'_adv) (the official code's train_step), with
-L = Σ_patches BCE + α·R (eq. 5), averaged over the images of each batch.
+10 steps, step 2.5·ε/steps, no random start as in the official code; `train_random_start=true`
+starts each step's PGD at a fresh uniform point of the ball, as Madry et al.) and minimizes the
+sum of the losses of the four batches, L(x) + L(x_adv) + L(x') + L(x'_adv) (the official code's
+train_step), with L = Σ_patches BCE + α·R (eq. 5), averaged over the images of each batch.
 
 The training attack. Eq. 6 maximizes L itself; the official code's `pgd_attack` (like our test-time
 attack) maximizes the label-flipping margin loss: mean logit of normal patches − mean logit of
@@ -103,6 +104,9 @@ def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, 
         eps=eps,
         steps=config.train_steps,
         step_size=step_size,
+        random_start=config.train_random_start,
+        # a new start each step, drawn from the global RNG: deterministic under torch.manual_seed
+        seed=int(torch.randint(0, 2**31 - 1, (1,))) if config.train_random_start else 0,
     )
     attack = PGD(threat, keep_best=False)  # the last iterate, as the official code
     with frozen(detector):

@@ -14,6 +14,7 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - pseudo-anomaly rectangle size (paper §5.1: U(0.05, 0.3) of the side): `anomaly_size=0.05,0.5`
 - anomalous patches weighted in the BCE (not in the paper; ~7% of the quick brick training patches are): `anomalous_patch_weight=4`
 - training ε warm-up (not in the paper; a standard aid for adversarially trained ViTs): `eps_warmup=0.2`
+- training PGD from a random start in the ε-ball (not in the paper or its code; Madry et al.'s PGD): `train_random_start=true`
 
 Where the official code (github.com/rohban-lab/PatchGuard) differs from the paper, the paper is the
 default and the official choice an option: `patch_label_rule="any"`, `reg_type="kl"` with
@@ -72,6 +73,7 @@ class PatchGuardConfig(DetectorConfig):
     train_steps: int = 10
     train_step_size: float = 0.0  # 0: 2.5·ε/steps (the official code)
     train_attack_loss: str = "margin"  # the flip loss PGD maximizes during training
+    train_random_start: bool = False  # start the training PGD at a uniform point of the ε-ball (Madry et al.)
     eps_warmup: float = 0.0  # fraction of the epochs over which the training ε ramps up from 0 (0: off)
     # -- optimizer: AdamW, cosine decay to lr·lr_final_factor -----------------------------------
     epochs: int = 300
