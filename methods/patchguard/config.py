@@ -174,8 +174,9 @@ PAPER = PatchGuardConfig()
 # width 64 × 600 epochs 32.8, width 128 28.7, 128 px with patch 16 26.6, train_steps=10 37.4,
 # train_precision=fp32 35.4, alpha=0 37.3, lr=2e-3 32.5, epochs=600 37.0 (25 min), dropout=0 37.8,
 # batch_size=8 37.4, train_random_start=true 45.7 / 26.6 (seeds 0, 1); epochs=900 (32 min) 54.9 on
-# seed 0, the one run above the range, but 31.4 on seed 1. On the training distribution the 900-epoch model keeps 81.4 patch AUROC under
-# PGD-5 (its training attack) but 69.4 under PGD-20 and 62.2 under PGD-100 (clean 99.5).
+# seed 0, the one run above the range, but 31.4 on seed 1. On the training distribution the seed-0
+# 900-epoch model keeps 81.4 patch AUROC under PGD-5 (its training attack) but 69.4 under PGD-20
+# and 62.2 under PGD-100 (clean 99.5).
 # bf16 autocast in training: AMX CPUs and GPUs run it much faster.
 QUICK = PatchGuardConfig(
     image_size=64,
