@@ -12,7 +12,7 @@ behaviour).
 Speed: each step takes the gradient with respect to the input only (parameters frozen, no
 parameter gradients), over the whole batch. `cuda_graph=True` (default False) replays each step
 as a CUDA graph on CUDA batches (`cuda_graph.py`: same kernels, far fewer launches; ignored on the
-CPU).
+CPU). `perturb(..., start=x0)` begins at x0 instead (PatchGuard's `train_reuse_perturbation`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ class PGD(Attack):
         self.keep_best = keep_best
         self.cuda_graph = cuda_graph
 
-    def perturb(self, objective, images):
+    def perturb(self, objective, images, start: torch.Tensor | None = None):
+        """`start`: adversarial images to begin the first restart at (projected onto the ball),
+        instead of `images` or a random start; e.g. the previous epoch's examples in training."""
         t = self.threat
         gen = self.generator()
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
@@ -46,8 +48,11 @@ class PGD(Attack):
             graphed = GraphedLossAndGrad(objective)
         loss_and_grad = graphed or objective.loss_and_grad
         try:
-            for _ in range(t.restarts):
-                adv = random_start(images, t.norm, t.eps, gen) if t.random_start else images.clone()
+            for restart in range(t.restarts):
+                if start is not None and restart == 0:
+                    adv = project(start.to(images), images, t.norm, t.eps)
+                else:
+                    adv = random_start(images, t.norm, t.eps, gen) if t.random_start else images.clone()
                 for _ in range(t.steps):
                     loss, grad = loss_and_grad(adv)
                     if self.keep_best:

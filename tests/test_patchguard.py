@@ -267,6 +267,111 @@ def test_training_random_start_draws_a_new_start_each_call_deterministically():
     assert torch.equal(plain, plain_again) and ((plain - x).abs() <= 1 / 255 + 1e-6).all()
 
 
+def test_pgd_started_where_a_shorter_pgd_ended_continues_it():
+    from robustad.attacks.objectives import AttackObjective, FlipLoss, Objective
+    from robustad.attacks.pgd import PGD
+    from robustad.attacks.threat_model import ThreatModel
+
+    torch.manual_seed(0)
+    detector = tiny().eval()
+    x = torch.rand(3, 3, 32, 32)
+    objective = AttackObjective(detector, torch.zeros(3, 16), Objective.LOCALIZATION, FlipLoss.MARGIN)
+
+    def pgd(steps, start=None):
+        return PGD(ThreatModel(eps=8 / 255, steps=steps, step_size=1 / 255), keep_best=False).perturb(
+            objective, x, start=start)
+
+    two = pgd(2)
+    assert torch.equal(pgd(2, start=two), pgd(4))  # the reused perturbation accumulates the steps
+    far = pgd(1, start=x + 0.5)  # a start outside the ball is projected back first
+    assert (lp_norm(far - x, Norm.LINF) <= 8 / 255 + 1e-6).all()
+    assert ((far - x).abs() > 6 / 255).float().mean() > 0.5
+
+
+def test_perturbation_memory_round_trips_per_image_and_slot():
+    from robustad.methods.patchguard.perturbation_memory import PerturbationMemory
+
+    memory = PerturbationMemory(5, (3, 8, 8))
+    index = torch.tensor([4, 1])
+    assert torch.equal(memory.recall(index), torch.zeros(4, 3, 8, 8))
+    delta = (torch.rand(4, 3, 8, 8) * 2 - 1) * 8 / 255
+    memory.store(index, delta)
+    assert torch.allclose(memory.recall(index), delta, atol=1e-4)  # float16 storage
+    assert torch.allclose(memory.recall(torch.tensor([1])), delta[[1, 3]], atol=1e-4)  # normal, pseudo-anomaly slot
+    assert torch.equal(memory.recall(torch.tensor([0, 2, 3])), torch.zeros(6, 3, 8, 8))
+    with pytest.raises(ValueError, match="2 perturbations for 2 images"):
+        memory.store(index, delta[:2])
+
+
+def test_training_reuse_perturbation_starts_each_step_where_the_last_ended():
+    from robustad.methods.patchguard.adversarial_training import training_step
+    from robustad.methods.patchguard.perturbation_memory import PerturbationMemory
+
+    torch.manual_seed(0)
+    detector = tiny(train_steps=1, train_step_size=1 / 255, train_reuse_perturbation=True)
+    optimizer = torch.optim.SGD(detector.net.parameters(), lr=0.0)  # the model stays the same
+    normal = torch.rand(2, 3, 32, 32)
+    anomalous, masks = RectangleAnomalies()(normal, None, torch.Generator().manual_seed(0))
+    memory = PerturbationMemory(4, (3, 32, 32))
+    index = torch.tensor([3, 0])
+    sizes = []
+    for _ in range(3):
+        training_step(detector, optimizer, normal, anomalous, masks, memory=memory, index=index)
+        sizes.append(float(memory.recall(index).abs().amax()))
+    # one step of 1/255 per training step: the perturbation grows by a step each time
+    assert sizes == pytest.approx([1 / 255, 2 / 255, 3 / 255], abs=1e-4)
+    assert torch.equal(memory.recall(torch.tensor([1, 2])), torch.zeros(4, 3, 32, 32))  # other images untouched
+    with pytest.raises(ValueError, match="train_reuse_perturbation and train_random_start"):
+        tiny(train_reuse_perturbation=True, train_random_start=True)
+
+
+def test_free_training_takes_one_optimizer_and_one_attack_step_per_replay():
+    from robustad.methods.patchguard.free_adversarial_training import free_training_step
+    from robustad.methods.patchguard.perturbation_memory import PerturbationMemory
+
+    torch.manual_seed(0)
+    detector = tiny(train_replays=3, train_step_size=1 / 255, train_reuse_perturbation=True)
+    optimizer = torch.optim.AdamW(detector.net.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in detector.net.parameters()]
+    normal = torch.rand(2, 3, 32, 32)
+    anomalous, masks = RectangleAnomalies()(normal, None, torch.Generator().manual_seed(0))
+    memory = PerturbationMemory(2, (3, 32, 32))
+    index = torch.tensor([1, 0])
+    loss = free_training_step(detector, optimizer, normal, anomalous, masks, memory=memory, index=index)
+    assert math.isfinite(loss) and loss > 0
+    assert optimizer.state[next(detector.net.parameters())]["step"] == 3  # one update per replay
+    assert any(not torch.equal(a, b) for a, b in zip(before, detector.net.parameters()))
+    # three ascent steps of 1/255 from x: every pixel moved, none by more than 3/255
+    delta = memory.recall(index)
+    assert float(delta.abs().amax()) == pytest.approx(3 / 255, abs=1e-4)
+    assert (delta.abs() > 0.5 / 255).float().mean() > 0.9
+    free_training_step(detector, optimizer, normal, anomalous, masks, memory=memory, index=index)
+    assert float(memory.recall(index).abs().amax()) == pytest.approx(6 / 255, abs=1e-4)  # continued, not restarted
+    normal_delta = memory.recall(index)[:2]
+    with torch.no_grad():  # the ascent raised the normal patches' logits (the flip loss) on the current model
+        detector.eval()
+        assert detector(normal + normal_delta).mean() > detector(normal).mean()
+    with pytest.raises(ValueError, match="train_replays=-1"):
+        tiny(train_replays=-1)
+
+
+def test_free_training_fit_runs_and_is_deterministic(mvtec_root, fake_generator):
+    from robustad.datasets import create_dataset
+
+    train = create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=32)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        detector = tiny(epochs=2, train_replays=2, train_reuse_perturbation=True)
+        detector.fit(train)
+        weights.append(torch.cat([p.detach().flatten() for p in detector.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+    torch.manual_seed(0)
+    pgd = tiny(epochs=2, train_reuse_perturbation=True)
+    pgd.fit(train)
+    assert not torch.equal(weights[0], torch.cat([p.detach().flatten() for p in pgd.parameters()]))
+
+
 def test_eps_warmup_ramps_the_training_eps_then_holds_it():
     config = PatchGuardConfig(epochs=10, eps_warmup=0.5)
     ramp = [training_eps(config, epoch / 10) for epoch in range(10)]
@@ -300,6 +405,22 @@ def test_tiny_fit_runs_and_is_deterministic(mvtec_root, fake_generator):
     torch.manual_seed(0)
     fresh = torch.cat([p.detach().flatten() for p in tiny(epochs=1).parameters()])
     assert not torch.equal(weights[0], fresh)
+
+
+def test_fit_reuses_perturbations_from_the_second_epoch_on(mvtec_root, fake_generator):
+    from robustad.datasets import create_dataset
+
+    train = create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=32)
+
+    def weights(epochs, **overrides):
+        torch.manual_seed(0)
+        detector = tiny(epochs=epochs, **overrides)
+        detector.fit(train)
+        return torch.cat([p.detach().flatten() for p in detector.parameters()])
+
+    # first visit: every stored δ is zero, the attack starts at x as without the memory
+    assert torch.equal(weights(1), weights(1, train_reuse_perturbation=True))
+    assert not torch.equal(weights(2), weights(2, train_reuse_perturbation=True))
 
 
 def test_fit_errors_name_the_problem(fake_generator):

@@ -3,7 +3,8 @@
 Each step takes a batch of normal images x (targets all 0) and their pseudo anomalies x' (targets
 from the pseudo-anomaly masks), crafts x_adv and x'_adv with PGD inside the L∞ ε-ball (ε = 8/255,
 10 steps, step 2.5·ε/steps, no random start as in the official code; `train_random_start=true`
-starts each step's PGD at a fresh uniform point of the ball, as Madry et al.) and minimizes the
+starts each step's PGD at a fresh uniform point of the ball, as Madry et al.;
+`train_reuse_perturbation=true` at the image's previous perturbation, `perturbation_memory.py`) and minimizes the
 sum of the losses of the four batches, L(x) + L(x_adv) + L(x') + L(x'_adv) (the official code's
 train_step), with L = Σ_patches BCE + α·R (eq. 5), averaged over the images of each batch.
 
@@ -27,6 +28,7 @@ from robustad.attacks.threat_model import Norm, ThreatModel
 from robustad.methods.patchguard.attention_regularizer import attention_regularizer
 from robustad.methods.patchguard.config import PatchGuardConfig
 from robustad.methods.patchguard.model import DISCRIMINATOR
+from robustad.methods.patchguard.perturbation_memory import PerturbationMemory
 
 
 def patch_labels(masks: torch.Tensor, grid: int, rule: str = "fraction") -> torch.Tensor:
@@ -54,10 +56,12 @@ def regularized_layers(config: PatchGuardConfig) -> tuple:
     return layers
 
 
-def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig) -> torch.Tensor:
+def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig,
+                    return_logits: bool = False):
     """L(x, x_m) = Σ_patches BCE(M, x_m) + α·R(x) per image, shape (B,) (eq. 3-5).
 
-    With `anomalous_patch_weight` w ≠ 1 the BCE of anomalous patches counts w times.
+    With `anomalous_patch_weight` w ≠ 1 the BCE of anomalous patches counts w times. With
+    `return_logits` also the patch logits M(x) (B, g, g) it was computed from.
 
     `net` is a `PatchGuardNet`, `targets` (B, g, g) patch labels in {0, 1}.
     """
@@ -75,7 +79,7 @@ def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: Pa
         weight = 1 + (config.anomalous_patch_weight - 1) * targets.float()
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), weight=weight, reduction="none")
     bce = bce.flatten(1).sum(1)
-    return bce + regularizer
+    return (bce + regularizer, logits) if return_logits else bce + regularizer
 
 
 def training_eps(config: PatchGuardConfig, progress: float) -> float:
@@ -92,10 +96,11 @@ def training_eps(config: PatchGuardConfig, progress: float) -> float:
 
 
 def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig,
-                         eps: float | None = None) -> torch.Tensor:
+                         eps: float | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
     """PGD-`train_steps` L∞ examples flipping `targets` (B, g, g), model frozen (eval mode).
 
     `eps` defaults to `config.train_eps`; the step size stays 2.5·eps/steps (or `train_step_size`).
+    `start`: adversarial images to begin at (projected onto the ball), e.g. images + a stored δ.
     """
     eps = config.train_eps if eps is None else eps
     step_size = config.train_step_size * eps / config.train_eps if config.train_step_size else None
@@ -113,28 +118,40 @@ def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, 
         objective = AttackObjective(
             detector, targets.flatten(1).float(), Objective.LOCALIZATION, FlipLoss.parse(config.train_attack_loss)
         )
-        return attack.perturb(objective, images.detach()).detach()
+        return attack.perturb(objective, images.detach(), start=start).detach()
 
 
-def training_step(detector, optimizer, normal: torch.Tensor, anomalous: torch.Tensor, anomaly_masks: torch.Tensor,
-                  eps: float | None = None) -> float:
-    """One optimizer step on normal images (B, 3, H, W) and pseudo anomalies with masks (B, 1, H, W).
-
-    `eps`: the training attack's ε (default `config.train_eps`; see `training_eps`). Returns the
-    loss value. Uses autocast to bfloat16 when `train_precision="bf16"`.
-    """
-    config = detector.config
+def training_batch(normal: torch.Tensor, anomalous: torch.Tensor, anomaly_masks: torch.Tensor,
+                   config: PatchGuardConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """[x; x'] (2B, 3, H, W) and their patch targets (2B, g, g): zeros, then the masks' patch labels."""
     grid = config.grid_size
     normal_targets = torch.zeros(normal.shape[0], grid, grid, device=normal.device)
     anomaly_targets = patch_labels(anomaly_masks, grid, config.patch_label_rule).to(normal.device)
-    images = torch.cat([normal, anomalous])
-    targets = torch.cat([normal_targets, anomaly_targets])
+    return torch.cat([normal, anomalous]), torch.cat([normal_targets, anomaly_targets])
+
+
+def training_step(detector, optimizer, normal: torch.Tensor, anomalous: torch.Tensor, anomaly_masks: torch.Tensor,
+                  eps: float | None = None, memory: PerturbationMemory | None = None,
+                  index: torch.Tensor | None = None) -> float:
+    """One optimizer step on normal images (B, 3, H, W) and pseudo anomalies with masks (B, 1, H, W).
+
+    `eps`: the training attack's ε (default `config.train_eps`; see `training_eps`). `memory` and
+    `index` (the images' training-set indices): the attack starts at each image's stored δ and
+    stores where it ends (`train_reuse_perturbation`). Returns the loss value. Uses autocast to
+    bfloat16 when `train_precision="bf16"`.
+    """
+    config = detector.config
+    images, targets = training_batch(normal, anomalous, anomaly_masks, config)
     device_type = normal.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.train_precision == "bf16"):
         if config.adv_train:
             # One attack on x and x' together: per-image losses, so the same examples as two
             # attacks (the official code's), with half the passes over twice the batch.
-            images = torch.cat([images, adversarial_examples(detector, images, targets, config, eps)])
+            start = None if memory is None else images + memory.recall(index).to(images)
+            adversarial = adversarial_examples(detector, images, targets, config, eps, start)
+            if memory is not None:
+                memory.store(index, adversarial - images)
+            images = torch.cat([images, adversarial])
             targets = torch.cat([targets, targets])
         detector.train()
         per_image = patchguard_loss(detector.net, images, targets, config)

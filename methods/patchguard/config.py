@@ -15,6 +15,10 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - anomalous patches weighted in the BCE (not in the paper; ~7% of the quick brick training patches are): `anomalous_patch_weight=4`
 - training ε warm-up (not in the paper; a standard aid for adversarially trained ViTs): `eps_warmup=0.2`
 - training PGD from a random start in the ε-ball (not in the paper or its code; Madry et al.'s PGD): `train_random_start=true`
+- free adversarial training instead of PGD, M replays per batch (not in the paper or its code;
+  Shafahi et al. NeurIPS 2019): `train_replays=M`
+- training PGD from each image's perturbation of the previous epoch (not in the paper or its code; ATTA,
+  Zheng et al. CVPR 2020): `train_reuse_perturbation=true`
 
 Where the official code (github.com/rohban-lab/PatchGuard) differs from the paper, the paper is the
 default and the official choice an option: `patch_label_rule="any"`, `reg_type="kl"` with
@@ -74,6 +78,8 @@ class PatchGuardConfig(DetectorConfig):
     train_step_size: float = 0.0  # 0: 2.5·ε/steps (the official code)
     train_attack_loss: str = "margin"  # the flip loss PGD maximizes during training
     train_random_start: bool = False  # start the training PGD at a uniform point of the ε-ball (Madry et al.)
+    train_replays: int = 0  # 0: PGD training; M: free training, M replays per batch (free_adversarial_training.py)
+    train_reuse_perturbation: bool = False  # start at the image's previous δ (ATTA, perturbation_memory.py)
     eps_warmup: float = 0.0  # fraction of the epochs over which the training ε ramps up from 0 (0: off)
     # -- optimizer: AdamW, cosine decay to lr·lr_final_factor -----------------------------------
     epochs: int = 300
@@ -133,10 +139,16 @@ class PatchGuardConfig(DetectorConfig):
                 f"patchguard config kl_weights={self.kl_weights}: give one weight, or one per regularized "
                 f"layer ({len(self.reg_layers) + int(self.reg_discriminator)})"
             )
+        if self.train_reuse_perturbation and self.train_random_start:
+            raise ValueError("patchguard config: train_reuse_perturbation and train_random_start both choose where the "
+                             "training PGD starts; set one of them")
         if not 0 <= self.eps_warmup <= 1:
             raise ValueError(f"patchguard config eps_warmup={self.eps_warmup}: expected a fraction of the epochs in [0, 1]")
         if self.anomalous_patch_weight <= 0:
             raise ValueError(f"patchguard config anomalous_patch_weight={self.anomalous_patch_weight}: expected > 0")
+        if self.train_replays < 0:
+            raise ValueError(f"patchguard config train_replays={self.train_replays}: expected 0 (PGD training) or "
+                             f"the number of free-training replays per batch (>= 1)")
         if self.top_k < 1 or self.epochs < 0 or self.batch_size < 1 or self.train_steps < 1:
             raise ValueError("patchguard config: top_k, batch_size and train_steps must be >= 1, epochs >= 0")
 

@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 from robustad.methods.detector import Detector
 from robustad.methods.patchguard.adversarial_training import training_eps, training_step
 from robustad.methods.patchguard.config import PROFILES, PatchGuardConfig
+from robustad.methods.patchguard.free_adversarial_training import free_training_step
 from robustad.methods.patchguard.model import PatchGuardNet
+from robustad.methods.patchguard.perturbation_memory import PerturbationMemory
 from robustad.methods.registry import register_method
 
 
@@ -162,6 +164,10 @@ class PatchGuard(Detector):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, config.epochs), eta_min=config.lr * config.lr_final_factor
         )
+        step_function = free_training_step if config.adv_train and config.train_replays else training_step
+        memory = None
+        if config.adv_train and config.train_reuse_perturbation:
+            memory = PerturbationMemory(len(images), tuple(images.shape[1:]), device)
         batch_size = min(config.batch_size, len(images))
         steps_per_epoch = max(1, len(images) // batch_size)  # drop the last partial batch
         progress = tqdm(range(config.epochs), desc="patchguard fit", disable=None)
@@ -172,8 +178,9 @@ class PatchGuard(Detector):
                 index = order[step * batch_size:(step + 1) * batch_size]
                 normal = images[index]
                 anomalous, masks = pseudo(normal, index, generator)
-                total += training_step(self, optimizer, normal.to(device), anomalous.to(device).float(),
-                                       masks.to(device).float(), eps=training_eps(config, epoch / config.epochs))
+                total += step_function(self, optimizer, normal.to(device), anomalous.to(device).float(),
+                                       masks.to(device).float(), eps=training_eps(config, epoch / config.epochs),
+                                       memory=memory, index=index)
             if not math.isfinite(total):
                 raise FloatingPointError(
                     f"patchguard.fit diverged: the training loss is {total} in epoch {epoch + 1} of {config.epochs} "
