@@ -205,6 +205,30 @@ def test_ablation_fields_change_the_model():
     assert sum(p.numel() for p in deeper.parameters()) > sum(p.numel() for p in with_disc.parameters())
 
 
+def test_conv_stem_keeps_the_token_grid_and_the_receptive_field_local():
+    from robustad.methods.patchguard.conv_stem import conv_stem
+
+    for patch, size in [(8, 32), (14, 28), (16, 64), (7, 21)]:
+        stem = conv_stem(patch, 32)
+        assert stem(torch.rand(2, 3, size, size)).shape == (2, 32, size // patch, size // patch)
+    torch.manual_seed(0)
+    stem = conv_stem(8, 32)
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    (grad,) = torch.autograd.grad(stem(x)[0, :, 0, 0].sum(), x)
+    touched = grad.abs().sum(1)[0] > 0  # the first token sees the top-left corner only (3 convs: ≤ 15 px)
+    assert touched[:8, :8].all() and not touched[16:].any() and not touched[:, 16:].any()
+    torch.manual_seed(0)
+    detector = tiny(patch_embed="conv").eval()
+    assert any(isinstance(m, torch.nn.Sequential) and len(m) == 7 for m in detector.net.vit.patch_embed.modules())
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    logits = detector(x)
+    assert logits.shape == (2, 4, 4)
+    (grad,) = torch.autograd.grad(logits.sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="patch_embed='cnn'"):
+        tiny(patch_embed="cnn")
+
+
 def test_checkpoint_round_trip_and_refusal(tmp_path):
     torch.manual_seed(0)
     detector = tiny().eval()

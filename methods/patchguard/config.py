@@ -15,6 +15,8 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - anomalous patches weighted in the BCE (not in the paper; ~7% of the quick brick training patches are): `anomalous_patch_weight=4`
 - training ε warm-up (not in the paper; a standard aid for adversarially trained ViTs): `eps_warmup=0.2`
 - training PGD from a random start in the ε-ball (not in the paper or its code; Madry et al.'s PGD): `train_random_start=true`
+- a convolutional stem instead of the ViT's patch convolution (not in the paper or its code; Xiao et
+  al. NeurIPS 2021): `patch_embed=conv`
 - free adversarial training instead of PGD, M replays per batch (not in the paper or its code;
   Shafahi et al. NeurIPS 2019): `train_replays=M`
 - training PGD from each image's perturbation of the previous epoch (not in the paper or its code; ATTA,
@@ -37,6 +39,7 @@ PRECISIONS = ("fp32", "bf16")
 PSEUDO_ANOMALIES = ("ours", "cutpaste", "fpi", "nsa")
 FOREGROUNDS = ("auto", "resnet18", "efficientnet_lite0", "full")
 TRAIN_ATTACK_LOSSES = ("margin", "ce")
+PATCH_EMBEDS = ("linear", "conv")
 
 
 @dataclasses.dataclass
@@ -49,6 +52,7 @@ class PatchGuardConfig(DetectorConfig):
     vit_embed_dim: int = 384
     vit_depth: int = 12
     vit_heads: int = 6
+    patch_embed: str = "linear"  # "linear": the ViT's patch convolution (paper); "conv": conv_stem.py
     layer_scale_init: float = 0.0  # 0: no LayerScale (paper); the official dinov2 arch uses 1e-5
     # -- attention discriminator: one self-attention layer + shared MLP (paper §5.2, app. I) ---
     discriminator: bool = True  # False: the shared MLP sits on the ViT's last block (Table 19)
@@ -106,6 +110,7 @@ class PatchGuardConfig(DetectorConfig):
             "pseudo_anomaly": (self.pseudo_anomaly, PSEUDO_ANOMALIES),
             "foreground": (self.foreground, FOREGROUNDS),
             "train_attack_loss": (self.train_attack_loss, TRAIN_ATTACK_LOSSES),
+            "patch_embed": (self.patch_embed, PATCH_EMBEDS),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
