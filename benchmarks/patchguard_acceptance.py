@@ -1,7 +1,7 @@
 """Acceptance measurement (not a test): PatchGuard (quick) on one `textures` category, adversarial vs clean training.
 
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
-    [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE]
+    [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N]
 Prints one JSON line per variant: clean / PGD-N (localization) image+pixel AUROC and PGD-N
 (detection objective) image AUROC for each N of --steps. --train-check adds the patch AUROC,
 clean and under PGD-N (localization), on 48 training images and their pseudo anomalies: a low
@@ -43,6 +43,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-dir", type=Path, help="write each trained model to DIR/<label>-<variant>-seed<N>.pt")
     ap.add_argument("--checkpoint", type=Path, help="evaluate this saved model (same --set) instead of training")
+    ap.add_argument("--train-images", type=int, default=0, help="fit on the first N training images only (0: all)")
     args = ap.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.set)
     device = torch.device(args.device)
@@ -51,6 +52,8 @@ def main():
         torch.manual_seed(args.seed)
         det = create_method("patchguard", profile="quick", **{**overrides, **extra})
         train = create_dataset("textures", category=args.category, split="train", image_size=det.image_size)
+        if args.train_images:
+            train = FirstImages(train, args.train_images)
         test = create_dataset("textures", category=args.category, split="test", image_size=det.image_size)
         det.to(device)
         t0 = time.perf_counter()
@@ -76,6 +79,16 @@ def main():
                 res[f"heldout_patch_auroc_pgd{steps}"] = training_distribution_auroc(det, test, steps, device)
         res["n_test"] = ev["n_test"]
         print(json.dumps(res), flush=True)
+
+
+class FirstImages(torch.utils.data.Subset):
+    """The first `count` items of a dataset, keeping its `format` (textures: whole-image foreground)."""
+
+    def __init__(self, dataset, count: int):
+        if not 0 < count <= len(dataset):
+            raise SystemExit(f"--train-images {count}: expected 1..{len(dataset)} (the training set's size)")
+        super().__init__(dataset, list(range(count)))
+        self.format = dataset.format
 
 
 def training_distribution_auroc(det, dataset, steps: int, device) -> dict:

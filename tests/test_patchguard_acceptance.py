@@ -41,3 +41,20 @@ def test_breakdown_reports_empty_groups_as_none():
     masks, labels = two_images()
     groups = load_script().patch_auroc_breakdown(torch.zeros(2, 2, 2), torch.zeros_like(masks), labels)
     assert all(value is None for value in groups.values())
+
+
+def test_first_images_keeps_the_dataset_format_and_checks_the_count():
+    class Dataset:
+        format = "whole-image foreground"
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, index):
+            return {"image": torch.full((3, 2, 2), float(index)), "label": 0}
+
+    first = load_script().FirstImages(Dataset(), 3)
+    assert len(first) == 3 and first.format == "whole-image foreground"
+    assert [float(first[i]["image"][0, 0, 0]) for i in range(3)] == [0.0, 1.0, 2.0]
+    with pytest.raises(SystemExit, match="--train-images 6: expected 1..5"):
+        load_script().FirstImages(Dataset(), 6)
