@@ -95,6 +95,11 @@ def training_eps(config: PatchGuardConfig, progress: float) -> float:
     return config.train_eps * min(1.0, (progress + first_epoch) / config.eps_warmup)
 
 
+def training_step_size(config: PatchGuardConfig, eps: float, steps: int) -> float:
+    """The training attack's step: `train_step_size` scaled with ε (warm-up), or 2.5·ε/steps."""
+    return config.train_step_size * eps / config.train_eps if config.train_step_size else 2.5 * eps / steps
+
+
 def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig,
                          eps: float | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
     """PGD-`train_steps` L∞ examples flipping `targets` (B, g, g), model frozen (eval mode).
@@ -103,7 +108,7 @@ def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, 
     `start`: adversarial images to begin at (projected onto the ball), e.g. images + a stored δ.
     """
     eps = config.train_eps if eps is None else eps
-    step_size = config.train_step_size * eps / config.train_eps if config.train_step_size else None
+    step_size = training_step_size(config, eps, config.train_steps)
     threat = ThreatModel(
         norm=Norm.LINF,
         eps=eps,

@@ -19,7 +19,7 @@ import torch
 
 from robustad.attacks.objectives import FlipLoss, flip_loss
 from robustad.attacks.threat_model import Norm, project, random_start
-from robustad.methods.patchguard.adversarial_training import patchguard_loss, training_batch
+from robustad.methods.patchguard.adversarial_training import patchguard_loss, training_batch, training_step_size
 from robustad.methods.patchguard.perturbation_memory import PerturbationMemory
 
 
@@ -34,7 +34,7 @@ def free_training_step(detector, optimizer, normal: torch.Tensor, anomalous: tor
     config = detector.config
     eps = config.train_eps if eps is None else eps
     replays = config.train_replays
-    step_size = config.train_step_size * eps / config.train_eps if config.train_step_size else 2.5 * eps / replays
+    step_size = training_step_size(config, eps, replays)
     images, targets = training_batch(normal, anomalous, anomaly_masks, config)
     if memory is not None:
         start = images + memory.recall(index).to(images)
