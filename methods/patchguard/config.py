@@ -195,8 +195,8 @@ PAPER = PatchGuardConfig()
 # 900-epoch model keeps 81.4 patch AUROC under PGD-5 (its training attack) but 69.4 under PGD-20
 # and 62.2 under PGD-100 (clean 99.5). Also none better (seed 0): train_eps=12/255 21.6,
 # train_reuse_perturbation=true 39.3, train_replays=4 with it at 130 epochs (same time) 32.1,
-# patch_embed=conv 38.8, patch_size=16 with 700 epochs 50.9 (clean 75.9). Robustness needs images
-# and visits per image at once: fitted on 8 images × 1200 visits (same steps) the model keeps 99.3 /
+# patch_embed=conv 38.8, patch_size=16 with 700 epochs 50.9 (clean 75.9), epochs=1200 41.0. The
+# model fits the robust objective on a few images only: fitted on 8 images × 1200 visits (same steps) the model keeps 99.3 /
 # 93.1 patch AUROC on their pseudo-anomaly cores under PGD-100 (seeds 0 / 1), on unseen brick
 # images 50.2 / 57.0 (benchmarks/patchguard_acceptance.py --train-images 8).
 # bf16 autocast in training: AMX CPUs and GPUs run it much faster.
