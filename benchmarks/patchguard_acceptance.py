@@ -1,7 +1,9 @@
-"""Acceptance measurement (not a test): PatchGuard (quick) on one `textures` category, adversarial vs clean training.
+"""Acceptance measurement (not a test): PatchGuard on one `textures` category, adversarial vs clean training.
 
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
-    [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N]
+    [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N] [--profile paper]
+The `quick` profile (default) fits the ~10 minutes of a 2-core CPU; `--profile paper` (ViT-S, 224 px,
+PGD-10 training, 300 epochs) needs a GPU (`--device cuda`).
 Prints one JSON line per variant: clean / PGD-N (localization) image+pixel AUROC and PGD-N
 (detection objective) image AUROC for each N of --steps. --train-check adds the patch AUROC,
 clean and under PGD-N (localization), on 48 training images and their pseudo anomalies: a low
@@ -41,6 +43,7 @@ def main():
     ap.add_argument("--label", default="", help="a name printed with the results")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE, as bench's --config")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", default="quick", choices=["quick", "paper"], help="PatchGuard's preset (config.py)")
     ap.add_argument("--save-dir", type=Path, help="write each trained model to DIR/<label>-<variant>-seed<N>.pt")
     ap.add_argument("--checkpoint", type=Path, help="evaluate this saved model (same --set) instead of training")
     ap.add_argument("--train-images", type=int, default=0, help="fit on the first N training images only (0: all)")
@@ -50,7 +53,7 @@ def main():
     for variant in args.variants.split(","):
         extra = {"clean": {"adv_train": "false"}, "noreg": {"alpha": "0"}}.get(variant, {})
         torch.manual_seed(args.seed)
-        det = create_method("patchguard", profile="quick", **{**overrides, **extra})
+        det = create_method("patchguard", profile=args.profile, **{**overrides, **extra})
         train = create_dataset("textures", category=args.category, split="train", image_size=det.image_size)
         if args.train_images:
             train = FirstImages(train, args.train_images)
@@ -65,7 +68,7 @@ def main():
         if args.save_dir and not args.checkpoint:
             args.save_dir.mkdir(parents=True, exist_ok=True)
             det.save_checkpoint(args.save_dir / f"{args.label or 'run'}-{variant}-seed{args.seed}.pt")
-        res = {"label": args.label, "variant": variant, "overrides": {**overrides, **extra},
+        res = {"label": args.label, "variant": variant, "profile": args.profile, "overrides": {**overrides, **extra},
                "fit_s": round(fit_s, 1), "n_train": len(train)}
         for steps in [int(s) for s in args.steps.split(",")]:
             for objective in ("localization", "detection"):

@@ -198,7 +198,9 @@ PAPER = PatchGuardConfig()
 # patch_embed=conv 38.8, patch_size=16 with 700 epochs 50.9 (clean 75.9), epochs=1200 41.0. The
 # model fits the robust objective on a few images only: fitted on 8 images × 1200 visits (same steps) the model keeps 99.3 /
 # 93.1 patch AUROC on their pseudo-anomaly cores under PGD-100 (seeds 0 / 1), on unseen brick
-# images 50.2 / 57.0 (benchmarks/patchguard_acceptance.py --train-images 8).
+# images 50.2 / 57.0 (benchmarks/patchguard_acceptance.py --train-images 8). Width 192 (2.3x the fit
+# time) fits 16 images' cores to 80.5 (width 96: 55.0) and on all 64 images keeps 51.9 / 44.4
+# pixel AUROC under PGD-100 (seeds 0 / 1; clean 98.4 / 90.6): capacity is part of the cause.
 # bf16 autocast in training: AMX CPUs and GPUs run it much faster.
 QUICK = PatchGuardConfig(
     image_size=64,
