@@ -28,6 +28,7 @@ except ImportError:  # device machine: map the repo folders onto the robustad na
 import numpy as np
 import torch
 from robustad.attacks import create_attack
+from robustad.bench.profiles import Profile
 from robustad.bench.runner import evaluate
 from robustad.datasets import create_dataset
 from robustad.methods import create_method
@@ -43,7 +44,8 @@ def main():
     ap.add_argument("--label", default="", help="a name printed with the results")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE, as bench's --config")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--profile", default="quick", choices=["quick", "paper"], help="PatchGuard's preset (config.py)")
+    ap.add_argument("--profile", default=Profile.QUICK.value, choices=[p.value for p in Profile],
+                    help="PatchGuard's preset (methods/patchguard/config.py)")
     ap.add_argument("--save-dir", type=Path, help="write each trained model to DIR/<label>-<variant>-seed<N>.pt")
     ap.add_argument("--checkpoint", type=Path, help="evaluate this saved model (same --set) instead of training")
     ap.add_argument("--train-images", type=int, default=0, help="fit on the first N training images only (0: all)")
