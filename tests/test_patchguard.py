@@ -447,6 +447,34 @@ def test_fit_reuses_perturbations_from_the_second_epoch_on(mvtec_root, fake_gene
     assert not torch.equal(weights(2), weights(2, train_reuse_perturbation=True))
 
 
+def test_fit_with_ema_decay_keeps_the_moving_average_of_the_weights(mvtec_root, fake_generator, monkeypatch):
+    import robustad.methods.patchguard.detector as detector_module
+    from robustad.datasets import create_dataset
+
+    train = create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=32)
+    after_each_step = []
+    real_step = detector_module.training_step
+
+    def recording_step(detector, *args, **kwargs):
+        loss = real_step(detector, *args, **kwargs)
+        after_each_step.append(torch.cat([p.detach().flatten().clone() for p in detector.net.parameters()]))
+        return loss
+
+    monkeypatch.setattr(detector_module, "training_step", recording_step)
+    torch.manual_seed(0)
+    detector = tiny(epochs=2, ema_decay=0.6)
+    detector.fit(train)
+    assert len(after_each_step) >= 2
+    average = after_each_step[0]
+    for weights in after_each_step[1:]:
+        average = 0.6 * average + 0.4 * weights
+    final = torch.cat([p.detach().flatten() for p in detector.net.parameters()])
+    assert torch.allclose(final, average, atol=1e-6)
+    assert not torch.allclose(final, after_each_step[-1], atol=1e-6)  # not the last iterate
+    with pytest.raises(ValueError, match="ema_decay"):
+        PatchGuardConfig(ema_decay=1.0)
+
+
 def test_fit_errors_name_the_problem(fake_generator):
     with pytest.raises(ValueError, match="no images"):
         tiny().fit([])

@@ -21,10 +21,15 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
   Shafahi et al. NeurIPS 2019): `train_replays=M`
 - training PGD from each image's perturbation of the previous epoch (not in the paper or its code; ATTA,
   Zheng et al. CVPR 2020): `train_reuse_perturbation=true`
+- the exponential moving average of the weights as the trained model (not in the paper or its code;
+  the weight averaging of robust training recipes, Gowal et al. 2020, https://arxiv.org/abs/2010.03593):
+  `ema_decay=0.995`
 
 Where the official code (github.com/rohban-lab/PatchGuard) differs from the paper, the paper is the
 default and the official choice an option: `patch_label_rule="any"`, `reg_type="kl"` with
-`reg_layers=6,9,12` and `kl_weights=0.005,0.01,0.05`, `top_k=3`, `layer_scale_init=1e-5`.
+`reg_layers=6,9,12` and `kl_weights=0.005,0.01,0.05`, `top_k=3`, `layer_scale_init=1e-5`. The
+official `train_model.py` also never passes its `--wd 0.00001` to AdamW, so it trains with torch's
+default weight decay 0.01 (`weight_decay=0.01`); the paper states 1e-5.
 """
 from __future__ import annotations
 
@@ -85,6 +90,7 @@ class PatchGuardConfig(DetectorConfig):
     train_replays: int = 0  # 0: PGD training; M: free training, M replays per batch (free_adversarial_training.py)
     train_reuse_perturbation: bool = False  # start at the image's previous δ (ATTA, perturbation_memory.py)
     eps_warmup: float = 0.0  # fraction of the epochs over which the training ε ramps up from 0 (0: off)
+    ema_decay: float = 0.0  # 0: off; d: keep the exponential moving average of the weights (decay d per step)
     # -- optimizer: AdamW, cosine decay to lr·lr_final_factor -----------------------------------
     epochs: int = 300
     batch_size: int = 16
@@ -147,6 +153,9 @@ class PatchGuardConfig(DetectorConfig):
         if self.train_reuse_perturbation and self.train_random_start:
             raise ValueError("patchguard config: train_reuse_perturbation and train_random_start both choose where the "
                              "training PGD starts; set one of them")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"patchguard config ema_decay={self.ema_decay}: expected 0 (off) or a decay in (0, 1), "
+                             f"e.g. 0.995")
         if not 0 <= self.eps_warmup <= 1:
             raise ValueError(f"patchguard config eps_warmup={self.eps_warmup}: expected a fraction of the epochs in [0, 1]")
         if self.anomalous_patch_weight <= 0:

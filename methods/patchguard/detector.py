@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
@@ -164,6 +165,9 @@ class PatchGuard(Detector):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, config.epochs), eta_min=config.lr * config.lr_final_factor
         )
+        average = None
+        if config.ema_decay:
+            average = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
         step_function = free_training_step if config.adv_train and config.train_replays else training_step
         memory = None
         if config.adv_train and config.train_reuse_perturbation:
@@ -181,6 +185,8 @@ class PatchGuard(Detector):
                 total += step_function(self, optimizer, normal.to(device), anomalous.to(device).float(),
                                        masks.to(device).float(), eps=training_eps(config, epoch / config.epochs),
                                        memory=memory, index=index)
+                if average is not None:
+                    average.update_parameters(self.net)
             if not math.isfinite(total):
                 raise FloatingPointError(
                     f"patchguard.fit diverged: the training loss is {total} in epoch {epoch + 1} of {config.epochs} "
@@ -189,4 +195,6 @@ class PatchGuard(Detector):
                 )
             schedule.step()
             progress.set_postfix(loss=f"{total / steps_per_epoch:.3g}")
+        if average is not None:
+            self.net.load_state_dict(average.module.state_dict())
         self.eval()
