@@ -212,7 +212,7 @@ PAPER = PatchGuardConfig()
 # 38.9 pixel AUROC under PGD-100 (seeds 0 / 1 / 2; clean 98.4 / 90.6 / 92.6): capacity is part of the cause. In the
 # preset's time (epochs=150) width 192 keeps 29.8 (seed 0): it needs the steps too. Also none better
 # (seed 1): train_attack_loss=ce (the paper's eq. 6 maximizes L itself) 31.0; ema_decay=0.995
-# (weight averaging) 39.0 / 33.5 (seeds 0 / 1; preset 44.3 / 32.7). Width 384 (vit_heads=6, 55 min
+# (weight averaging) 39.0 / 33.5 (seeds 0 / 1; preset 44.3 / 32.7), weight_decay=0.01 41.5 (seed 0). Width 384 (vit_heads=6, 55 min
 # fit) does not train at lr 8e-4: clean pixel AUROC 52.7 (seed 0); width 288 at lr=4e-4 (37 min)
 # keeps 98.1 -> 49.6 (seed 0; width 192: 51.9): beyond width 192 capacity adds nothing at 300 epochs.
 # bf16 autocast in training: AMX CPUs and GPUs run it much faster.
