@@ -90,7 +90,7 @@ class PatchGuardConfig(DetectorConfig):
     train_replays: int = 0  # 0: PGD training; M: free training, M replays per batch (free_adversarial_training.py)
     train_reuse_perturbation: bool = False  # start at the image's previous δ (ATTA, perturbation_memory.py)
     eps_warmup: float = 0.0  # fraction of the epochs over which the training ε ramps up from 0 (0: off)
-    ema_decay: float = 0.0  # 0: off; d: keep the exponential moving average of the weights (decay d per step)
+    ema_decay: float = 0.0  # 0: off; d: keep the exponential moving average of the weights (decay d per batch)
     # -- optimizer: AdamW, cosine decay to lr·lr_final_factor -----------------------------------
     epochs: int = 300
     batch_size: int = 16
