@@ -1,6 +1,7 @@
 """How much of each `textures` defect survives an ε-bounded attacker, at a given image size (not a test).
 
 python benchmarks/defect_contrast.py --category brick --sizes 64,128 [--eps 8/255]
+python benchmarks/defect_contrast.py --category brick --pseudo [--set anomaly_min_change=16/255]
 
 The built-in dataset keeps each defective test image's defect-free source crop, so the change a
 defect makes is known exactly. After resizing image and source the way the loader does (bilinear,
@@ -11,6 +12,12 @@ pixels changed by more than ε (over the images with an anomalous patch at that 
 with budget ε can undo any change of at most ε, so a defect that lies mostly within ε of its normal
 source cannot be localized robustly by any detector; this bounds what "keeps its clean AUROC under
 attack" can mean at that size.
+
+`--pseudo` asks the same of the quick PatchGuard's training pseudo anomalies (its generator at its
+image size, `--set` overriding its config as `bench run --config`): the share of anomalous patches
+in which no pixel, or under 5% of the pixels, changed by more than ε and by more than 2ε. A pseudo-anomaly
+patch within 2ε of its source (which the normal batch labels normal) cannot be told apart from it
+under attack by any model: for adversarial training it is a wrong label.
 """
 from __future__ import annotations
 
@@ -60,6 +67,39 @@ def defect_contrast(category: str, size: int, eps: float, grid: int) -> dict:
             for kind, values in per_kind.items()}
 
 
+def pseudo_anomaly_contrast(category: str, eps: float, overrides: dict, draws: int = 10, seed: int = 0) -> dict:
+    """Shares of the quick PatchGuard's pseudo-anomaly patches (5% rule) whose pixels barely changed.
+
+    For each of `draws` pseudo anomalies of every training image of the `textures` category:
+    "no_pixel_beyond_*" counts anomalous patches with no pixel changed by more than ε (2ε) in any
+    channel, "under_5pct_beyond_*" those with fewer than 5% of their pixels changed that much.
+    """
+    from robustad.datasets import create_dataset
+    from robustad.methods import create_method
+    from robustad.methods.patchguard.adversarial_training import patch_labels
+    from robustad.methods.patchguard.detector import build_pseudo_anomaly_generator, generator_config, training_images
+
+    config = create_method("patchguard", profile="quick", **overrides).config
+    train = create_dataset("textures", category=category, split="train", image_size=config.image_size)
+    images = training_images(train, config.image_size, config.patch_size)
+    generator = build_pseudo_anomaly_generator(generator_config(config, train))
+    generator.prepare(images)
+    random = torch.Generator().manual_seed(seed)
+    counts: dict[str, list[torch.Tensor]] = {}
+    for _ in range(draws):
+        anomalous, masks = generator(images, torch.arange(len(images)), random)
+        labels = patch_labels(masks.float(), config.grid_size) > 0.5
+        change = (anomalous.float() - images).abs().amax(1, keepdim=True)
+        for name, bound in (("eps", eps), ("2eps", 2 * eps)):
+            share = F.avg_pool2d((change > bound).float(), config.patch_size)[:, 0][labels]
+            counts.setdefault(f"no_pixel_beyond_{name}", []).append(share == 0)
+            counts.setdefault(f"under_5pct_beyond_{name}", []).append(share < 0.05)
+    result = {key: round(float(torch.cat(values).float().mean()), 3) for key, values in counts.items()}
+    result["anomalous_patches"] = int(sum(len(v) for v in counts["no_pixel_beyond_eps"]))
+    result["image_size"], result["grid"] = config.image_size, config.grid_size
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--category", default="brick", choices=TEXTURE_PHOTOS)
@@ -67,7 +107,20 @@ def main(argv=None):
     parser.add_argument("--eps", type=parse_eps, default=8 / 255, help="L∞ budget, e.g. 8/255")
     parser.add_argument("--grid", type=int, default=8, help="patches per side of the detector (default: 8)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--pseudo", action="store_true",
+                        help="measure the quick PatchGuard's training pseudo anomalies instead of the test defects")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="with --pseudo: PatchGuard config overrides, e.g. anomaly_min_change=16/255")
+    parser.add_argument("--draws", type=int, default=10, help="with --pseudo: pseudo anomalies per training image")
     args = parser.parse_args(argv)
+    if args.pseudo:
+        bad = [item for item in args.set if "=" not in item]
+        if bad:
+            parser.error(f"--set {bad[0]!r}: expected KEY=VALUE")
+        result = pseudo_anomaly_contrast(args.category, args.eps, dict(item.split("=", 1) for item in args.set),
+                                         args.draws)
+        print(json.dumps({"category": args.category, "eps": args.eps, "set": args.set, **result}))
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     for size in sizes:
         if size % args.grid:

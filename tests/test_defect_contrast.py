@@ -18,3 +18,15 @@ def test_defect_share_beyond_eps_falls_with_eps_and_covers_every_kind():
         assert high["fragile_patches"] == 1.0  # nothing changes by more than the whole range
         assert 0 < mid["median_change_255"] <= 255
     assert min(shares[0.0][kind]["pixels_beyond_eps"] for kind in DEFECT_KINDS) > 0.5  # defects change pixels
+
+
+def test_pseudo_anomaly_contrast_falls_when_a_larger_change_is_required():
+    script = load_script()
+    loose = script.pseudo_anomaly_contrast("brick", 8 / 255, {"anomaly_min_change": "0"}, draws=1)
+    strict = script.pseudo_anomaly_contrast("brick", 8 / 255, {"anomaly_min_change": "16/255"}, draws=1)
+    assert loose["grid"] == 8 and loose["anomalous_patches"] > 100
+    for result in (loose, strict):
+        assert 0 <= result["no_pixel_beyond_eps"] <= result["no_pixel_beyond_2eps"] <= result["under_5pct_beyond_2eps"] <= 1
+    # weak draws (blur, warps, JPEG of a smooth region) get a colour change until half the mask moved by > 2ε
+    assert strict["no_pixel_beyond_2eps"] < loose["no_pixel_beyond_2eps"]
+    assert strict["under_5pct_beyond_2eps"] < loose["under_5pct_beyond_2eps"]

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from robustad.attacks.objectives import FlipLoss
 from robustad.attacks.threat_model import Norm, lp_norm
 from robustad.methods import CheckpointMismatchError, create_method
 from robustad.methods.patchguard import PatchGuard, PatchGuardConfig
@@ -379,6 +380,93 @@ def test_free_training_takes_one_optimizer_and_one_attack_step_per_replay():
         tiny(train_replays=-1)
 
 
+@pytest.mark.parametrize("replays", [0, 2])
+def test_train_clean_loss_false_trains_on_the_adversarial_examples_only(monkeypatch, replays):
+    from robustad.methods.patchguard import adversarial_training, free_adversarial_training
+
+    seen = []
+    real_loss = adversarial_training.patchguard_loss
+
+    def recording_loss(net, images, targets, config, **kwargs):
+        seen.append((images.detach().clone(), targets.clone()))
+        return real_loss(net, images, targets, config, **kwargs)
+
+    monkeypatch.setattr(adversarial_training, "patchguard_loss", recording_loss)
+    monkeypatch.setattr(free_adversarial_training, "patchguard_loss", recording_loss)
+    step = free_adversarial_training.free_training_step if replays else adversarial_training.training_step
+    normal = torch.rand(2, 3, 32, 32)
+    anomalous, masks = RectangleAnomalies()(normal, None, torch.Generator().manual_seed(0))
+    clean = torch.cat([normal, anomalous])
+    for clean_loss in (True, False):
+        seen.clear()
+        torch.manual_seed(0)
+        detector = tiny(train_steps=2, train_replays=replays, train_clean_loss=clean_loss)
+        optimizer = torch.optim.AdamW(detector.net.parameters(), lr=1e-3)
+        loss = step(detector, optimizer, normal, anomalous, masks)
+        images, targets = seen[-1]
+        assert math.isfinite(loss) and loss > 0
+        assert targets[:2].sum() == 0 and targets[2:4].sum() > 0  # normal, then pseudo-anomaly targets
+        if clean_loss:  # eq. 7: [x; x'] then their adversarial examples
+            assert len(images) == 8 and torch.equal(images[:4], clean) and torch.equal(targets[4:], targets[:4])
+            adversarial = images[4:]
+        else:
+            assert len(images) == 4
+            adversarial = images
+        assert (adversarial - clean).abs().amax() <= 8 / 255 + 1e-6
+        assert not torch.equal(adversarial, clean)  # free training: the last replay's δ has moved
+
+
+def test_bernoulli_kl_is_the_patchwise_kl_of_the_anomaly_probabilities():
+    from robustad.methods.patchguard.trades_training import bernoulli_kl
+
+    logits = torch.tensor([[[0.0, 2.0], [-1.0, 3.0]]])
+    assert float(bernoulli_kl(logits, logits)) == pytest.approx(0.0, abs=1e-6)
+    other = torch.tensor([[[1.0, 2.0], [-1.0, -3.0]]])
+    p, q = torch.sigmoid(logits), torch.sigmoid(other)
+    expected = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum()
+    assert float(bernoulli_kl(logits, other)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_trades_step_maximizes_the_kl_and_minimizes_clean_loss_plus_beta_kl(monkeypatch):
+    from robustad.methods.patchguard import trades_training
+    from robustad.methods.patchguard.adversarial_training import patchguard_loss, training_batch
+
+    crafted = []
+    real_examples = trades_training.adversarial_examples
+
+    def recording_examples(detector, images, targets, config, eps=None, start=None, loss=None):
+        crafted.append((targets.clone(), loss, real_examples(detector, images, targets, config, eps, start, loss)))
+        return crafted[-1][2]
+
+    monkeypatch.setattr(trades_training, "adversarial_examples", recording_examples)
+    torch.manual_seed(0)
+    detector = tiny(train_objective="trades", trades_beta=3.0, dropout=0.0, train_steps=3)
+    optimizer = torch.optim.SGD(detector.net.parameters(), lr=0.0)  # the model stays the same
+    normal = torch.rand(2, 3, 32, 32)
+    anomalous, masks = RectangleAnomalies()(normal, None, torch.Generator().manual_seed(0))
+    loss = trades_training.trades_training_step(detector, optimizer, normal, anomalous, masks)
+    images, targets = training_batch(normal, anomalous, masks, detector.config)
+    soft_targets, attack_loss, adversarial = crafted[-1]
+    detector.eval()
+    with torch.no_grad():
+        clean_logits = detector(images)
+        assert torch.allclose(soft_targets, torch.sigmoid(clean_logits), atol=1e-5)  # p(x), eval mode
+        assert attack_loss == FlipLoss.CE
+        assert (adversarial - images).abs().amax() <= 8 / 255 + 1e-6
+        kl_adversarial = trades_training.bernoulli_kl(clean_logits, detector(adversarial))
+        kl_noise = trades_training.bernoulli_kl(clean_logits, detector(images + 0.001 * torch.randn_like(images)))
+        assert (kl_adversarial > 10 * kl_noise).all()  # the attack found a far larger KL than the start
+        detector.train()  # dropout 0: the training pass is deterministic
+        per_image = patchguard_loss(detector.net, images, targets, detector.config)
+        expected = (per_image + 3.0 * kl_adversarial).view(2, 2).mean(1).sum()
+    assert loss == pytest.approx(float(expected), rel=1e-4)
+    for clash in (dict(train_replays=2), dict(train_random_start=True), dict(train_clean_loss=False)):
+        with pytest.raises(ValueError, match="train_objective=trades"):
+            tiny(train_objective="trades", **clash)
+    with pytest.raises(ValueError, match="train_objective='madry'"):
+        tiny(train_objective="madry")
+
+
 def test_free_training_fit_runs_and_is_deterministic(mvtec_root, fake_generator):
     from robustad.datasets import create_dataset
 
@@ -413,14 +501,15 @@ def test_eps_warmup_ramps_the_training_eps_then_holds_it():
         PatchGuardConfig(eps_warmup=1.5)
 
 
-def test_tiny_fit_runs_and_is_deterministic(mvtec_root, fake_generator):
+@pytest.mark.parametrize("objective", ["pgd", "trades"])
+def test_tiny_fit_runs_and_is_deterministic(mvtec_root, fake_generator, objective):
     from robustad.datasets import create_dataset
 
     train = create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=32)
     weights = []
     for _ in range(2):
         torch.manual_seed(0)
-        detector = tiny(epochs=1)
+        detector = tiny(epochs=1, train_objective=objective)
         detector.fit(train)
         weights.append(torch.cat([p.detach().flatten() for p in detector.parameters()]))
         assert not detector.training

@@ -151,6 +151,29 @@ def test_hard_transforms_fall_back_when_nothing_visible_changed():
         assert ((out - flat).abs().amax(0) > 4 / 255).float().mean() >= 0.5, names
 
 
+def test_min_change_makes_half_the_region_move_by_more_than_it():
+    ramp = torch.linspace(0.3, 0.6, 16)  # a smooth shading: warps, blur and JPEG barely change it
+    textured = torch.stack([ramp.view(1, 16).expand(16, 16), ramp.view(16, 1).expand(16, 16), torch.full((16, 16), 0.5)])
+    region = torch.ones(16, 16, dtype=torch.bool)
+    weak = 0
+    for seed in range(20):
+        out, _ = apply_hard_transforms(textured, region, 2, torch.Generator().manual_seed(seed))
+        weak += ((out - textured).abs().amax(0) > 16 / 255).float().mean() < 0.5
+        out, names = apply_hard_transforms(textured, region, 2, torch.Generator().manual_seed(seed), min_change=16 / 255)
+        assert ((out - textured).abs().amax(0) > 16 / 255).float().mean() >= 0.5, names
+    assert weak > 0  # without it some drawn pairs (blur, elastic, JPEG) leave most pixels within 16/255
+
+
+def test_anomaly_min_change_reaches_the_generator_and_is_checked():
+    from robustad.methods import create_method
+    from robustad.methods.patchguard.detector import build_pseudo_anomaly_generator
+
+    detector = create_method("patchguard", profile="quick", anomaly_min_change="16/255")
+    assert build_pseudo_anomaly_generator(detector.config).min_change == pytest.approx(16 / 255)
+    with pytest.raises(ValueError, match="anomaly_min_change=1.5"):
+        create_method("patchguard", profile="quick", anomaly_min_change=1.5)
+
+
 def test_poisson_blend_solves_the_poisson_equation():
     rng = np.random.default_rng(0)
     destination = 0.5 + 0.05 * rng.random((3, 12, 15))

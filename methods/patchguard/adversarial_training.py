@@ -101,11 +101,13 @@ def training_step_size(config: PatchGuardConfig, eps: float, steps: int) -> floa
 
 
 def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig,
-                         eps: float | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
+                         eps: float | None = None, start: torch.Tensor | None = None,
+                         loss: FlipLoss | None = None) -> torch.Tensor:
     """PGD-`train_steps` L∞ examples flipping `targets` (B, g, g), model frozen (eval mode).
 
     `eps` defaults to `config.train_eps`; the step size stays 2.5·eps/steps (or `train_step_size`).
     `start`: adversarial images to begin at (projected onto the ball), e.g. images + a stored δ.
+    `loss`: the flip loss to maximize (default `config.train_attack_loss`).
     """
     eps = config.train_eps if eps is None else eps
     step_size = training_step_size(config, eps, config.train_steps)
@@ -121,7 +123,8 @@ def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, 
     attack = PGD(threat, keep_best=False)  # the last iterate, as the official code
     with frozen(detector):
         objective = AttackObjective(
-            detector, targets.flatten(1).float(), Objective.LOCALIZATION, FlipLoss.parse(config.train_attack_loss)
+            detector, targets.flatten(1).float(), Objective.LOCALIZATION,
+            FlipLoss.parse(config.train_attack_loss if loss is None else loss)
         )
         return attack.perturb(objective, images.detach(), start=start).detach()
 
@@ -156,8 +159,10 @@ def training_step(detector, optimizer, normal: torch.Tensor, anomalous: torch.Te
             adversarial = adversarial_examples(detector, images, targets, config, eps, start)
             if memory is not None:
                 memory.store(index, adversarial - images)
-            images = torch.cat([images, adversarial])
-            targets = torch.cat([targets, targets])
+            if config.train_clean_loss:
+                images, targets = torch.cat([images, adversarial]), torch.cat([targets, targets])
+            else:
+                images = adversarial
         detector.train()
         per_image = patchguard_loss(detector.net, images, targets, config)
     loss = per_image.view(-1, normal.shape[0]).mean(dim=1).sum()

@@ -12,6 +12,9 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - without the discriminator (Table 19): `discriminator=false`
 - pseudo-anomaly generator (Table 6): `pseudo_anomaly=ours|cutpaste|fpi|nsa`
 - pseudo-anomaly rectangle size (paper §5.1: U(0.05, 0.3) of the side): `anomaly_size=0.05,0.5`
+- pseudo anomalies the training attack cannot undo (not in the paper or its code): `anomaly_min_change=16/255`
+  (2·ε) adds a colour change, then heavy noise, until half the mask's pixels moved by more than that
+  (default 4/255: only against near-unchanged regions)
 - anomalous patches weighted in the BCE (not in the paper; ~7% of the quick brick training patches are): `anomalous_patch_weight=4`
 - training ε warm-up (not in the paper; a standard aid for adversarially trained ViTs): `eps_warmup=0.2`
 - training PGD from a random start in the ε-ball (not in the paper or its code; Madry et al.'s PGD): `train_random_start=true`
@@ -24,6 +27,10 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - the exponential moving average of the weights as the trained model (not in the paper or its code;
   the weight averaging of robust training recipes, Gowal et al. 2020, https://arxiv.org/abs/2010.03593):
   `ema_decay=0.995`
+- the loss on the adversarial examples only, without the clean term of eq. 7 (not in the paper or its
+  code; Madry et al.'s adversarial training, ICLR 2018): `train_clean_loss=false`
+- TRADES instead of eq. 7: L(x) + β·KL(p(x) ‖ p(x_adv)) per patch (not in the paper or its code; Zhang
+  et al. ICML 2019): `train_objective=trades`, `trades_beta=6`
 
 Where the official code (github.com/rohban-lab/PatchGuard) differs from the paper, the paper is the
 default and the official choice an option: `patch_label_rule="any"`, `reg_type="kl"` with
@@ -44,6 +51,7 @@ PRECISIONS = ("fp32", "bf16")
 PSEUDO_ANOMALIES = ("ours", "cutpaste", "fpi", "nsa")
 FOREGROUNDS = ("auto", "resnet18", "efficientnet_lite0", "full")
 TRAIN_ATTACK_LOSSES = ("margin", "ce")
+TRAIN_OBJECTIVES = ("pgd", "trades")
 PATCH_EMBEDS = ("linear", "conv")
 
 
@@ -80,6 +88,7 @@ class PatchGuardConfig(DetectorConfig):
     k_soft: int = 3
     k_hard: int = 2
     anomaly_size: tuple = (0.05, 0.3)  # rectangle side range, fraction of the image side (paper §5.1)
+    anomaly_min_change: float = 4 / 255  # half the mask's pixels must change by more (hard_transforms.py)
     # -- adversarial training (paper §5.3, eq. 6-7) ---------------------------------------------
     adv_train: bool = True
     train_eps: float = 8 / 255
@@ -91,6 +100,9 @@ class PatchGuardConfig(DetectorConfig):
     train_reuse_perturbation: bool = False  # start at the image's previous δ (ATTA, perturbation_memory.py)
     eps_warmup: float = 0.0  # fraction of the epochs over which the training ε ramps up from 0 (0: off)
     ema_decay: float = 0.0  # 0: off; d: keep the exponential moving average of the weights (decay d per batch)
+    train_clean_loss: bool = True  # eq. 7: L(x) + L(x_adv); false: L(x_adv) only (Madry et al.)
+    train_objective: str = "pgd"  # "pgd": eq. 7; "trades": L(x) + β·KL(p(x) ‖ p(x_adv)) (trades_training.py)
+    trades_beta: float = 6.0  # β of TRADES (its paper's CIFAR-10 value)
     # -- optimizer: AdamW, cosine decay to lr·lr_final_factor -----------------------------------
     epochs: int = 300
     batch_size: int = 16
@@ -116,6 +128,7 @@ class PatchGuardConfig(DetectorConfig):
             "pseudo_anomaly": (self.pseudo_anomaly, PSEUDO_ANOMALIES),
             "foreground": (self.foreground, FOREGROUNDS),
             "train_attack_loss": (self.train_attack_loss, TRAIN_ATTACK_LOSSES),
+            "train_objective": (self.train_objective, TRAIN_OBJECTIVES),
             "patch_embed": (self.patch_embed, PATCH_EMBEDS),
         }
         for name, (value, allowed) in checks.items():
@@ -153,11 +166,24 @@ class PatchGuardConfig(DetectorConfig):
         if self.train_reuse_perturbation and self.train_random_start:
             raise ValueError("patchguard config: train_reuse_perturbation and train_random_start both choose where the "
                              "training PGD starts; set one of them")
+        if self.train_objective == "trades":
+            clashing = [name for name, on in (("train_replays", self.train_replays),
+                                              ("train_reuse_perturbation", self.train_reuse_perturbation),
+                                              ("train_random_start", self.train_random_start),
+                                              ("train_clean_loss=false", not self.train_clean_loss)) if on]
+            if clashing:
+                raise ValueError(f"patchguard config train_objective=trades: TRADES has its own start and loss; "
+                                 f"unset {', '.join(clashing)}")
+            if self.trades_beta <= 0:
+                raise ValueError(f"patchguard config trades_beta={self.trades_beta}: expected > 0 (TRADES: 6)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"patchguard config ema_decay={self.ema_decay}: expected 0 (off) or a decay in (0, 1), "
                              f"e.g. 0.995")
         if not 0 <= self.eps_warmup <= 1:
             raise ValueError(f"patchguard config eps_warmup={self.eps_warmup}: expected a fraction of the epochs in [0, 1]")
+        if not 0 <= self.anomaly_min_change < 1:
+            raise ValueError(f"patchguard config anomaly_min_change={self.anomaly_min_change}: expected a pixel "
+                             f"change in [0, 1), e.g. 16/255")
         if self.anomalous_patch_weight <= 0:
             raise ValueError(f"patchguard config anomalous_patch_weight={self.anomalous_patch_weight}: expected > 0")
         if self.train_replays < 0:

@@ -23,6 +23,7 @@ from robustad.methods.patchguard.config import PROFILES, PatchGuardConfig
 from robustad.methods.patchguard.free_adversarial_training import free_training_step
 from robustad.methods.patchguard.model import PatchGuardNet
 from robustad.methods.patchguard.perturbation_memory import PerturbationMemory
+from robustad.methods.patchguard.trades_training import trades_training_step
 from robustad.methods.registry import register_method
 
 
@@ -38,6 +39,7 @@ def build_pseudo_anomaly_generator(config: PatchGuardConfig):
         k_soft=config.k_soft,
         k_hard=config.k_hard,
         size_range=config.anomaly_size,
+        min_change=config.anomaly_min_change,
     )
 
 
@@ -168,7 +170,11 @@ class PatchGuard(Detector):
         average = None
         if config.ema_decay:
             average = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-        step_function = free_training_step if config.adv_train and config.train_replays else training_step
+        step_function = training_step
+        if config.adv_train and config.train_replays:
+            step_function = free_training_step
+        elif config.adv_train and config.train_objective == "trades":
+            step_function = trades_training_step
         memory = None
         if config.adv_train and config.train_reuse_perturbation:
             memory = PerturbationMemory(len(images), tuple(images.shape[1:]), device)

@@ -4,7 +4,8 @@ NeurIPS 2019, arXiv:1904.12843): `--config train_replays=M`. Not in the PatchGua
 PGD training (`adversarial_training.training_step`) spends `train_steps` forward/backward passes
 crafting x_adv for every optimizer step. Free training replays each batch M times; every replay is
 one forward pass of [x; x'; x + δ; x' + δ'] in training mode, one optimizer step on the same loss
-as PGD training (L(x) + L(x') + L(x_adv) + L(x'_adv), eq. 5 and 7) and one signed-gradient ascent
+as PGD training (L(x) + L(x') + L(x_adv) + L(x'_adv), eq. 5 and 7; the last two only with
+`train_clean_loss=false`) and one signed-gradient ascent
 step on δ from that same forward pass (the flip loss of `train_attack_loss`, as PGD training
 maximizes), projected onto the L∞ ε-ball. So each batch gets M optimizer steps and M attack steps
 for about the cost of one PGD-M training step; `epochs` counts passes over the data, so divide it
@@ -51,10 +52,11 @@ def free_training_step(detector, optimizer, normal: torch.Tensor, anomalous: tor
     for _ in range(replays):
         adversarial = adversarial.detach().requires_grad_(True)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=config.train_precision == "bf16"):
-            per_image, logits = patchguard_loss(detector.net, torch.cat([images, adversarial]), both, config,
+            inputs = torch.cat([images, adversarial]) if config.train_clean_loss else adversarial
+            per_image, logits = patchguard_loss(detector.net, inputs, both[-len(inputs):], config,
                                                 return_logits=True)
         loss = per_image.view(-1, count).mean(dim=1).sum()
-        ascent = flip_loss(logits[len(images):].flatten(1).float(), targets.flatten(1), attack_loss).sum()
+        ascent = flip_loss(logits[-len(images):].flatten(1).float(), targets.flatten(1), attack_loss).sum()
         (grad,) = torch.autograd.grad(ascent, adversarial, retain_graph=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -140,22 +140,24 @@ HARD_TRANSFORMS: dict[str, HardTransform] = {
 # When the drawn transforms leave the region nearly as it was (blur or a warp of a flat area), the
 # mask would label unchanged pixels anomalous; these are added in turn until enough pixels changed.
 FALLBACK_TRANSFORMS = ("colour_change", "heavy_noise")
-CHANGED_PIXEL_DELTA = 4 / 255  # a pixel counts as changed when a channel moved by more than this
+CHANGED_PIXEL_DELTA = 4 / 255  # by default a pixel counts as changed when a channel moved by more than this
 MIN_CHANGED_FRACTION = 0.5
 
 
-def changed_fraction(before: torch.Tensor, after: torch.Tensor, region: torch.Tensor) -> float:
-    """Fraction of the pixels of `region` (h, w) bool where some channel changed by > 4/255."""
-    changed = (after - before).abs().amax(0) > CHANGED_PIXEL_DELTA
+def changed_fraction(before: torch.Tensor, after: torch.Tensor, region: torch.Tensor,
+                     min_change: float = CHANGED_PIXEL_DELTA) -> float:
+    """Fraction of the pixels of `region` (h, w) bool where some channel changed by > `min_change`."""
+    changed = (after - before).abs().amax(0) > min_change
     return float(changed[region].float().mean()) if bool(region.any()) else 1.0
 
 
-def apply_hard_transforms(crop: torch.Tensor, region: torch.Tensor, k_hard: int,
-                          generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+def apply_hard_transforms(crop: torch.Tensor, region: torch.Tensor, k_hard: int, generator: torch.Generator,
+                          min_change: float = CHANGED_PIXEL_DELTA) -> tuple[torch.Tensor, list[str]]:
     """Applies `k_hard` distinct transforms drawn from `HARD_TRANSFORMS` to a crop (3, h, w).
 
     `region` (h, w) bool marks the pixels that will be used (the mask inside the crop); if fewer than
-    half of them changed visibly, `FALLBACK_TRANSFORMS` are added. Returns the crop and the names applied.
+    half of them changed by more than `min_change`, `FALLBACK_TRANSFORMS` are added. Returns the crop
+    and the names applied.
     """
     if not 1 <= k_hard <= len(HARD_TRANSFORMS):
         raise ValueError(f"--config k_hard={k_hard}: expected 1..{len(HARD_TRANSFORMS)}")
@@ -165,7 +167,7 @@ def apply_hard_transforms(crop: torch.Tensor, region: torch.Tensor, k_hard: int,
     for name in chosen:
         out = HARD_TRANSFORMS[name](out, generator).clamp(0, 1)
     for name in FALLBACK_TRANSFORMS:
-        if changed_fraction(crop, out, region) >= MIN_CHANGED_FRACTION:
+        if changed_fraction(crop, out, region, min_change) >= MIN_CHANGED_FRACTION:
             break
         out = HARD_TRANSFORMS[name](out, generator).clamp(0, 1)
         chosen.append(name)

@@ -30,7 +30,7 @@ import torch
 
 from robustad.bench.registry import Registry
 from robustad.methods.patchguard.foreground import ForegroundEstimator
-from robustad.methods.patchguard.hard_transforms import apply_hard_transforms
+from robustad.methods.patchguard.hard_transforms import CHANGED_PIXEL_DELTA, apply_hard_transforms
 
 GENERATORS = ("ours", "cutpaste", "fpi", "nsa")
 
@@ -136,7 +136,9 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
     `gradcam_weights` (ResNet-18 state dict, default None), `cache_dir` (foreground-map cache,
     default `$ROBUSTAD_CACHE` or ~/.cache/robustad), `k_soft` (soft copies for G(x), default 3),
     `k_hard` (hard transforms per anomaly, default 2; 1–8), `size_range` (w, h ~ U(low·W, high·W),
-    default the paper's (0.05, 0.3); the official code draws larger cut-paste regions).
+    default the paper's (0.05, 0.3); the official code draws larger cut-paste regions), `min_change`
+    (fewer than half the mask's pixels changed by more than this: a colour change, then heavy noise,
+    are added; default 4/255).
     """
 
     name = "ours"
@@ -146,10 +148,13 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
 
     def __init__(self, foreground: str = "auto", gradcam_weights: str | None = None,
                  cache_dir: str | None = None, k_soft: int = 3, k_hard: int = 2,
-                 size_range: tuple[float, float] = SIZE_RANGE):
+                 size_range: tuple[float, float] = SIZE_RANGE, min_change: float = CHANGED_PIXEL_DELTA):
         if not 0 < size_range[0] <= size_range[1] <= 1:
             raise ValueError(f"anomaly size range {size_range}: expected 0 < low <= high <= 1")
         self.size_range = (float(size_range[0]), float(size_range[1]))
+        if not 0 <= min_change < 1:
+            raise ValueError(f"--config anomaly_min_change={min_change}: expected a pixel change in [0, 1), e.g. 16/255")
+        self.min_change = float(min_change)
         if not isinstance(k_hard, int) or not 1 <= k_hard <= 8:
             raise ValueError(f"--config k_hard={k_hard!r}: expected an integer in 1..8")
         self.estimator = ForegroundEstimator(foreground, gradcam_weights, cache_dir, k_soft)
@@ -197,7 +202,7 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
             top, bottom, left, right = bounding_box(region)
             crop = images[b, :, top:bottom, left:right]
             inside = region[top:bottom, left:right]
-            transformed, _ = apply_hard_transforms(crop, inside, self.k_hard, generator)
+            transformed, _ = apply_hard_transforms(crop, inside, self.k_hard, generator, self.min_change)
             out[b, :, top:bottom, left:right] = torch.where(inside, transformed, crop)
         return out.to(device), masks.to(device)
 
@@ -206,14 +211,14 @@ def create_pseudo_anomaly_generator(name: str, *, foreground: str = "auto", grad
                                     cache_dir: str | None = None, k_soft: int = 3,
                                     k_hard: int = 2,
                                     size_range: tuple[float, float] = ForegroundAwareGenerator.SIZE_RANGE,
-                                    ) -> PseudoAnomalyGenerator:
+                                    min_change: float = CHANGED_PIXEL_DELTA) -> PseudoAnomalyGenerator:
     """Builds a generator by name (one of `GENERATORS`). The foreground options (`foreground`,
     `gradcam_weights`, `cache_dir`, `k_soft`) and `k_hard` configure "ours"; the other generators
     follow their own papers and ignore them (Table 6 keeps the rest of the pipeline fixed)."""
     cls = PSEUDO_ANOMALY_GENERATORS.get(name)
     if cls is ForegroundAwareGenerator:
         return cls(foreground=foreground, gradcam_weights=gradcam_weights, cache_dir=cache_dir,
-                   k_soft=k_soft, k_hard=k_hard, size_range=size_range)
+                   k_soft=k_soft, k_hard=k_hard, size_range=size_range, min_change=min_change)
     return cls()
 
 
