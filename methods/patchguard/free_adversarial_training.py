@@ -4,7 +4,7 @@ NeurIPS 2019, arXiv:1904.12843): `--config train_replays=M`. Not in the PatchGua
 PGD training (`adversarial_training.training_step`) spends `train_steps` forward/backward passes
 crafting x_adv for every optimizer step. Free training replays each batch M times; every replay is
 one forward pass of [x; x'; x + δ; x' + δ'] in training mode, one optimizer step on the same loss
-as PGD training (L(x) + L(x') + L(x_adv) + L(x'_adv), eq. 5 and 7; the last two only with
+as PGD training (L(x) + L(x') + L(x_adv) + L(x'_adv), eq. 5 and 7; only the last two with
 `train_clean_loss=false`) and one signed-gradient ascent
 step on δ from that same forward pass (the flip loss of `train_attack_loss`, as PGD training
 maximizes), projected onto the L∞ ε-ball. So each batch gets M optimizer steps and M attack steps
