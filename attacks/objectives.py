@@ -55,13 +55,19 @@ def _divides(size, grid) -> bool:
 
 
 def flip_loss(logits: torch.Tensor, targets: torch.Tensor, loss: FlipLoss = FlipLoss.MARGIN) -> torch.Tensor:
-    """Per-image flip loss (B,) of unit logits (B, U) against targets (B, U)."""
+    """Per-image flip loss (B,) of unit logits (B, U) against targets (B, U).
+
+    A unit with a negative target is ignored: it counts in neither mean (margin) nor in the CE.
+    """
+    known = (targets >= 0).to(logits.dtype)
+    anomalous = targets.clamp_min(0.0) * known
     if loss == FlipLoss.MARGIN:
-        normal = 1.0 - targets
+        normal = known - anomalous
         mean_normal = (logits * normal).sum(1) / normal.sum(1).clamp_min(1.0)
-        mean_anomalous = (logits * targets).sum(1) / targets.sum(1).clamp_min(1.0)
+        mean_anomalous = (logits * anomalous).sum(1) / anomalous.sum(1).clamp_min(1.0)
         return mean_normal - mean_anomalous
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
+    ce = F.binary_cross_entropy_with_logits(logits, anomalous, reduction="none")
+    return (ce * known).sum(1) / known.sum(1).clamp_min(1.0)
 
 
 class AttackObjective:

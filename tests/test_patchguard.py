@@ -6,14 +6,16 @@ import math
 import pytest
 import torch
 
-from robustad.attacks.objectives import FlipLoss
+from robustad.attacks.objectives import FlipLoss, flip_loss
 from robustad.attacks.threat_model import Norm, lp_norm
 from robustad.methods import CheckpointMismatchError, create_method
 from robustad.methods.patchguard import PatchGuard, PatchGuardConfig
 from robustad.methods.patchguard.adversarial_training import (
+    IGNORED,
     adversarial_examples,
     patch_labels,
     patchguard_loss,
+    training_batch,
     training_eps,
 )
 from robustad.methods.patchguard.attention_degree import attention_degree, image_attention_degrees
@@ -174,6 +176,37 @@ def test_patch_label_rules():
     assert fraction[0, 0, 0] == 0 and anything[0, 0, 0] == 1
     assert fraction[0, 1, 1] == 1 and anything[0, 1, 1] == 1
     assert fraction.sum() == 1 and anything.sum() == 2
+
+
+def test_patch_ignore_band_leaves_partly_covered_patches_out_of_the_loss_and_the_attack_loss():
+    masks = torch.zeros(1, 1, 32, 32)
+    masks[0, 0, 8:16, 8:10] = 1  # 25% of patch (1, 1)
+    masks[0, 0, 16:24, 16:24] = 1  # all of patch (2, 2)
+    masks[0, 0, 0:8, 24:30] = 1  # 75% of patch (0, 3)
+    targets = patch_labels(masks, 4, "fraction", ignore_up_to=0.25)
+    assert targets[0, 1, 1] == IGNORED and targets[0, 2, 2] == 1 and targets[0, 0, 3] == 1
+    assert (targets == IGNORED).sum() == 1 and targets[0, 0, 0] == 0
+    assert torch.equal(patch_labels(masks, 4, "fraction", ignore_up_to=0.1), patch_labels(masks, 4, "fraction"))
+
+    torch.manual_seed(0)
+    detector = tiny(dropout=0.0, alpha=0).eval()
+    x = torch.rand(1, 3, 32, 32)
+    logits = detector(x)
+    kept = torch.ones(1, 4, 4)
+    kept[0, 1, 1] = 0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.clamp_min(0), reduction="none")
+    loss = patchguard_loss(detector.net, x, targets, detector.config)
+    assert torch.allclose(loss, (bce * kept).sum((1, 2)), atol=1e-4)
+    assert not torch.allclose(loss, bce.sum((1, 2)), atol=1e-3)  # the ignored patch had a loss to drop
+
+    flat, cells = logits.flatten(1), targets.flatten(1)
+    shown = kept.flatten(1) > 0
+    for kind in (FlipLoss.MARGIN, FlipLoss.CE):
+        assert torch.allclose(flip_loss(flat, cells, kind), flip_loss(flat[shown][None], cells[shown][None], kind), atol=1e-5)
+    _, batch_targets = training_batch(x, x, masks, tiny(patch_ignore_up_to=0.25).config)
+    assert torch.equal(batch_targets[1], targets[0]) and (batch_targets[0] == 0).all()
+    with pytest.raises(ValueError, match="patch_ignore_up_to"):
+        PatchGuardConfig(patch_ignore_up_to=1.5)
 
 
 # -- config and ablations ------------------------------------------------------------------------

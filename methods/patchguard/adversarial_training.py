@@ -31,19 +31,28 @@ from robustad.methods.patchguard.model import DISCRIMINATOR
 from robustad.methods.patchguard.perturbation_memory import PerturbationMemory
 
 
-def patch_labels(masks: torch.Tensor, grid: int, rule: str = "fraction") -> torch.Tensor:
+IGNORED = -1.0  # the target of a patch left out of the loss and of the training attack
+
+
+def patch_labels(masks: torch.Tensor, grid: int, rule: str = "fraction", ignore_up_to: float = 0.0) -> torch.Tensor:
     """Patch targets (B, g, g) in {0, 1} from pixel masks (B, 1, H, W).
 
     "fraction" (paper §5.2): a patch is anomalous when more than 5% of its pixels are;
-    "any" (official code): when any pixel is.
+    "any" (official code): when any pixel is. With `ignore_up_to` = t > 0, a patch partly in the
+    mask, with more than 0 and at most t of its pixels anomalous, gets the target `IGNORED`.
     """
+    if masks.dim() == 3:
+        masks = masks.unsqueeze(1)
     if rule == "fraction":
-        return patch_targets(masks, (grid, grid))
-    if rule == "any":
-        if masks.dim() == 3:
-            masks = masks.unsqueeze(1)
-        return (F.adaptive_max_pool2d(masks.float(), grid)[:, 0] > 0.5).float()
-    raise ValueError(f"patch_label_rule={rule!r}: expected fraction or any")
+        targets = patch_targets(masks, (grid, grid))
+    elif rule == "any":
+        targets = (F.adaptive_max_pool2d(masks.float(), grid)[:, 0] > 0.5).float()
+    else:
+        raise ValueError(f"patch_label_rule={rule!r}: expected fraction or any")
+    if ignore_up_to > 0:
+        fraction = F.adaptive_avg_pool2d((masks > 0.5).float(), grid)[:, 0]
+        targets[(fraction > 0) & (fraction <= ignore_up_to)] = IGNORED
+    return targets
 
 
 def regularized_layers(config: PatchGuardConfig) -> tuple:
@@ -60,7 +69,8 @@ def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: Pa
                     return_logits: bool = False):
     """L(x, x_m) = Σ_patches BCE(M, x_m) + α·R(x) per image, shape (B,) (eq. 3-5).
 
-    With `anomalous_patch_weight` w ≠ 1 the BCE of anomalous patches counts w times. With
+    With `anomalous_patch_weight` w ≠ 1 the BCE of anomalous patches counts w times; patches with
+    the target `IGNORED` count zero times. With
     `return_logits` also the patch logits M(x) (B, g, g) it was computed from.
 
     `net` is a `PatchGuardNet`, `targets` (B, g, g) patch labels in {0, 1}.
@@ -74,10 +84,10 @@ def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: Pa
         regularizer = config.alpha * attention_regularizer(
             ordered, reg_type=config.reg_type, delta=config.delta, kl_weights=config.kl_weights
         )
-    weight = None
-    if config.anomalous_patch_weight != 1:
-        weight = 1 + (config.anomalous_patch_weight - 1) * targets.float()
-    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), weight=weight, reduction="none")
+    known = (targets >= 0).float()  # IGNORED patches (patch_ignore_up_to) are left out
+    targets = targets.float().clamp_min(0.0)
+    weight = known * (1 + (config.anomalous_patch_weight - 1) * targets)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weight, reduction="none")
     bce = bce.flatten(1).sum(1)
     return (bce + regularizer, logits) if return_logits else bce + regularizer
 
@@ -131,10 +141,12 @@ def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, 
 
 def training_batch(normal: torch.Tensor, anomalous: torch.Tensor, anomaly_masks: torch.Tensor,
                    config: PatchGuardConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """[x; x'] (2B, 3, H, W) and their patch targets (2B, g, g): zeros, then the masks' patch labels."""
+    """[x; x'] (2B, 3, H, W) and their patch targets (2B, g, g): zeros, then the masks' patch labels
+    (`IGNORED` for patches partly in a mask, up to `patch_ignore_up_to` of their pixels)."""
     grid = config.grid_size
     normal_targets = torch.zeros(normal.shape[0], grid, grid, device=normal.device)
-    anomaly_targets = patch_labels(anomaly_masks, grid, config.patch_label_rule).to(normal.device)
+    anomaly_targets = patch_labels(anomaly_masks, grid, config.patch_label_rule,
+                                   config.patch_ignore_up_to).to(normal.device)
     return torch.cat([normal, anomalous]), torch.cat([normal_targets, anomaly_targets])
 
 

@@ -16,6 +16,9 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
   (2·ε) adds a colour change, then heavy noise, until half the mask's pixels moved by more than that
   (default 4/255: only against near-unchanged regions)
 - anomalous patches weighted in the BCE (not in the paper; ~7% of the quick brick training patches are): `anomalous_patch_weight=4`
+- an ignore band at the mask's border (not in the paper or its code; the "void" border of segmentation
+  labels): `patch_ignore_up_to=0.25` leaves patches with more than 0 and at most 25% of their
+  pixels in the mask out of the BCE and out of the training attack's loss
 - training ε warm-up (not in the paper; a standard aid for adversarially trained ViTs): `eps_warmup=0.2`
 - training PGD from a random start in the ε-ball (not in the paper or its code; Madry et al.'s PGD): `train_random_start=true`
 - a convolutional stem instead of the ViT's patch convolution (not in the paper or its code; Xiao et
@@ -81,6 +84,7 @@ class PatchGuardConfig(DetectorConfig):
     kl_weights: tuple = (1.0,)  # per regularized layer, reg_type="kl" only (official: .005,.01,.05)
     patch_label_rule: str = "fraction"  # "fraction": > 5% of the patch's pixels; "any": official
     anomalous_patch_weight: float = 1.0  # BCE weight of anomalous patches (1: the paper's plain sum)
+    patch_ignore_up_to: float = 0.0  # patches with anomalous fraction in (0, t] leave the loss and training attack (0: none)
     # -- pseudo anomalies (paper §5.1) ----------------------------------------------------------
     pseudo_anomaly: str = "ours"
     foreground: str = "auto"
@@ -184,6 +188,9 @@ class PatchGuardConfig(DetectorConfig):
         if not 0 <= self.anomaly_min_change < 1:
             raise ValueError(f"patchguard config anomaly_min_change={self.anomaly_min_change}: expected a pixel "
                              f"change in [0, 1), e.g. 16/255")
+        if not 0 <= self.patch_ignore_up_to < 1:
+            raise ValueError(f"patchguard config patch_ignore_up_to={self.patch_ignore_up_to}: expected a fraction of a "
+                             f"patch's pixels in [0, 1), e.g. 0.25 (0: no patch ignored)")
         if self.anomalous_patch_weight <= 0:
             raise ValueError(f"patchguard config anomalous_patch_weight={self.anomalous_patch_weight}: expected > 0")
         if self.train_replays < 0:
