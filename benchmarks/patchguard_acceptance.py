@@ -9,7 +9,8 @@ Prints one JSON line per variant: clean / PGD-N (localization) image+pixel AUROC
 clean and under PGD-N (localization), on 48 training images and their pseudo anomalies: a low
 figure there means the adversarial training under-fits; a high one with a low test figure means
 the robustness does not carry over to the test set. The same on the test set's normal images and
-their pseudo anomalies ("heldout") says which part does not: unseen normal images, or real defects.
+their pseudo anomalies ("heldout") says which part does not: unseen normal images, or real defects;
+"test" gives it on the real defects, by group and by defect kind.
 """
 import argparse
 import json
@@ -82,6 +83,7 @@ def main():
             if args.train_check:
                 res[f"train_patch_auroc_pgd{steps}"] = training_distribution_auroc(det, train, steps, device)
                 res[f"heldout_patch_auroc_pgd{steps}"] = training_distribution_auroc(det, test, steps, device)
+                res[f"test_patch_auroc_pgd{steps}"] = test_set_auroc(det, test, steps, device)
         res["n_test"] = ev["n_test"]
         print(json.dumps(res), flush=True)
 
@@ -118,6 +120,31 @@ def training_distribution_auroc(det, dataset, steps: int, device) -> dict:
     clean = patch_auroc_breakdown(clean_logits, m.cpu(), labels.cpu())
     by_group = patch_auroc_breakdown(adv_logits, m.cpu(), labels.cpu())
     return {"clean": clean["all"], "adv": by_group["all"], "adv_by_group": by_group}
+
+
+def test_set_auroc(det, dataset, steps: int, device) -> dict:
+    """Patch AUROC (clean, PGD-`steps` localization) on the test set's real defects, by group and by kind.
+
+    The groups are `patch_auroc_breakdown`'s; "by_kind" compares the normal patches of the normal
+    images and of one defect kind's images (the folder name under test/) with that kind's anomalous ones.
+    """
+    items = [dataset[i] for i in range(len(dataset))]
+    x = torch.stack([item["image"].float() for item in items]).to(device)
+    m = torch.stack([item["mask"].float() for item in items]).to(device)
+    labels = torch.tensor([float(item["label"]) for item in items], device=device)
+    kinds = np.array([Path(item["path"]).parent.name for item in items])
+    adv = create_attack(f"pgd-{steps}")(det, x, m, labels)
+    result = {}
+    for name, images in (("clean", x), ("adv", adv)):
+        with torch.no_grad():
+            logits = det(images).cpu()
+        breakdown = patch_auroc_breakdown(logits, m.cpu(), labels.cpu())
+        breakdown["by_kind"] = {}
+        for kind in sorted(set(kinds) - {"good"}):
+            keep = torch.as_tensor((kinds == kind) | (kinds == "good"))
+            breakdown["by_kind"][kind] = patch_auroc_breakdown(logits[keep], m.cpu()[keep], labels.cpu()[keep])["all"]
+        result[name] = breakdown
+    return result
 
 
 def patch_auroc_breakdown(logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> dict:

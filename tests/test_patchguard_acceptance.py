@@ -58,3 +58,21 @@ def test_first_images_keeps_the_dataset_format_and_checks_the_count():
     assert [float(first[i]["image"][0, 0, 0]) for i in range(3)] == [0.0, 1.0, 2.0]
     with pytest.raises(SystemExit, match="--train-images 6: expected 1..5"):
         load_script().FirstImages(Dataset(), 6)
+
+
+def test_test_set_check_splits_the_real_defects_by_kind(monkeypatch):
+    script = load_script()
+    monkeypatch.setattr(script, "create_attack", lambda name: lambda det, x, m, labels: x)  # no attack
+    items = []
+    for kind, value in (("good", 0.5), ("good", 0.5), ("bright", 1.0), ("dark", 0.0)):
+        image, mask = torch.full((3, 8, 8), 0.5), torch.zeros(1, 8, 8)
+        if kind != "good":
+            image[:, :4, :4], mask[:, :4, :4] = value, 1
+        items.append({"image": image, "mask": mask, "label": int(kind != "good"), "path": f"/data/test/{kind}/0.png"})
+
+    def brightness(x):  # a detector that finds bright defects only: the mean of each 4×4 patch
+        return torch.nn.functional.avg_pool2d(x[:, :1], 4)[:, 0]
+
+    result = script.test_set_auroc(brightness, items, 20, "cpu")
+    assert result["clean"]["by_kind"] == pytest.approx({"bright": 100.0, "dark": 0.0})
+    assert result["clean"]["all"] == pytest.approx(50.0) and result["adv"] == result["clean"]
