@@ -72,7 +72,9 @@ def pseudo_anomaly_contrast(category: str, eps: float, overrides: dict, draws: i
 
     For each of `draws` pseudo anomalies of every training image of the `textures` category:
     "no_pixel_beyond_*" counts anomalous patches with no pixel changed by more than ε (2ε) in any
-    channel, "under_5pct_beyond_*" those with fewer than 5% of their pixels changed that much.
+    channel, "under_5pct_beyond_*" those with fewer than 5% of their pixels changed that much;
+    "median_change" is the median over the masks' pixels of the largest channel change (×255), to
+    compare with the test defects' median |Δ|.
     """
     from robustad.datasets import create_dataset
     from robustad.methods import create_method
@@ -90,11 +92,14 @@ def pseudo_anomaly_contrast(category: str, eps: float, overrides: dict, draws: i
         anomalous, masks = generator(images, torch.arange(len(images)), random)
         labels = patch_labels(masks.float(), config.grid_size) > 0.5
         change = (anomalous.float() - images).abs().amax(1, keepdim=True)
+        counts.setdefault("mask_change", []).append(change[masks.bool()])
         for name, bound in (("eps", eps), ("2eps", 2 * eps)):
             share = F.avg_pool2d((change > bound).float(), config.patch_size)[:, 0][labels]
             counts.setdefault(f"no_pixel_beyond_{name}", []).append(share == 0)
             counts.setdefault(f"under_5pct_beyond_{name}", []).append(share < 0.05)
+    mask_change = torch.cat(counts.pop("mask_change"))
     result = {key: round(float(torch.cat(values).float().mean()), 3) for key, values in counts.items()}
+    result["median_change"] = round(255 * float(mask_change.median()), 1)
     result["anomalous_patches"] = int(sum(len(v) for v in counts["no_pixel_beyond_eps"]))
     result["image_size"], result["grid"] = config.image_size, config.grid_size
     return result

@@ -15,6 +15,9 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - pseudo anomalies the training attack cannot undo (not in the paper or its code): `anomaly_min_change=16/255`
   (2·ε) adds a colour change, then heavy noise, until half the mask's pixels moved by more than that
   (default 4/255: only against near-unchanged regions)
+- fainter pseudo anomalies (not in the paper or its code; DRAEM's opacity β ~ U(0.1, 1)):
+  `anomaly_opacity=0.1,1` blends the transformed region in at opacity β, raised where needed to
+  keep `anomaly_min_change`
 - anomalous patches weighted in the BCE (not in the paper; ~7% of the quick brick training patches are): `anomalous_patch_weight=4`
 - an ignore band at the mask's border (not in the paper or its code; the "void" border of segmentation
   labels): `patch_ignore_up_to=0.25` leaves patches with more than 0 and at most 25% of their
@@ -93,6 +96,7 @@ class PatchGuardConfig(DetectorConfig):
     k_hard: int = 2
     anomaly_size: tuple = (0.05, 0.3)  # rectangle side range, fraction of the image side (paper §5.1)
     anomaly_min_change: float = 4 / 255  # half the mask's pixels must change by more (hard_transforms.py)
+    anomaly_opacity: tuple = (1.0, 1.0)  # β ~ U(LOW, HIGH): the transformed region blended in at opacity β
     # -- adversarial training (paper §5.3, eq. 6-7) ---------------------------------------------
     adv_train: bool = True
     train_eps: float = 8 / 255
@@ -153,6 +157,10 @@ class PatchGuardConfig(DetectorConfig):
         self.reg_layers = tuple(int(i) for i in self.reg_layers)
         self.kl_weights = tuple(float(w) for w in self.kl_weights)
         self.anomaly_size = tuple(float(s) for s in self.anomaly_size)
+        self.anomaly_opacity = tuple(float(s) for s in self.anomaly_opacity)
+        if len(self.anomaly_opacity) != 2 or not 0 < self.anomaly_opacity[0] <= self.anomaly_opacity[1] <= 1:
+            raise ValueError(f"patchguard config anomaly_opacity={self.anomaly_opacity}: expected LOW,HIGH with "
+                             f"0 < LOW <= HIGH <= 1 (1,1: the paper's unblended pseudo anomalies)")
         if len(self.anomaly_size) != 2 or not 0 < self.anomaly_size[0] <= self.anomaly_size[1] <= 1:
             raise ValueError(f"patchguard config anomaly_size={self.anomaly_size}: expected LOW,HIGH with "
                              f"0 < LOW <= HIGH <= 1 (fractions of the image side, paper: 0.05,0.3)")

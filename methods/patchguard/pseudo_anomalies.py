@@ -138,7 +138,8 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
     `k_hard` (hard transforms per anomaly, default 2; 1–8), `size_range` (w, h ~ U(low·W, high·W),
     default the paper's (0.05, 0.3); the official code draws larger cut-paste regions), `min_change`
     (fewer than half the mask's pixels changed by more than this: a colour change, then heavy noise,
-    are added; default 4/255).
+    are added; default 4/255), `opacity` (β ~ U(low, high): the transformed region blended in at
+    opacity β, raised where needed to meet `min_change`; default (1, 1), no blending).
     """
 
     name = "ours"
@@ -148,7 +149,12 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
 
     def __init__(self, foreground: str = "auto", gradcam_weights: str | None = None,
                  cache_dir: str | None = None, k_soft: int = 3, k_hard: int = 2,
-                 size_range: tuple[float, float] = SIZE_RANGE, min_change: float = CHANGED_PIXEL_DELTA):
+                 size_range: tuple[float, float] = SIZE_RANGE, min_change: float = CHANGED_PIXEL_DELTA,
+                 opacity: tuple[float, float] = (1.0, 1.0)):
+        if not 0 < opacity[0] <= opacity[1] <= 1:
+            raise ValueError(f"--config anomaly_opacity={tuple(opacity)}: expected LOW,HIGH with 0 < LOW <= HIGH <= 1 "
+                             f"(1,1: no blending)")
+        self.opacity = (float(opacity[0]), float(opacity[1]))
         if not 0 < size_range[0] <= size_range[1] <= 1:
             raise ValueError(f"anomaly size range {size_range}: expected 0 < low <= high <= 1")
         self.size_range = (float(size_range[0]), float(size_range[1]))
@@ -202,7 +208,8 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
             top, bottom, left, right = bounding_box(region)
             crop = images[b, :, top:bottom, left:right]
             inside = region[top:bottom, left:right]
-            transformed, _ = apply_hard_transforms(crop, inside, self.k_hard, generator, self.min_change)
+            transformed, _ = apply_hard_transforms(crop, inside, self.k_hard, generator, self.min_change,
+                                                   self.opacity)
             out[b, :, top:bottom, left:right] = torch.where(inside, transformed, crop)
         return out.to(device), masks.to(device)
 
@@ -211,14 +218,15 @@ def create_pseudo_anomaly_generator(name: str, *, foreground: str = "auto", grad
                                     cache_dir: str | None = None, k_soft: int = 3,
                                     k_hard: int = 2,
                                     size_range: tuple[float, float] = ForegroundAwareGenerator.SIZE_RANGE,
-                                    min_change: float = CHANGED_PIXEL_DELTA) -> PseudoAnomalyGenerator:
+                                    min_change: float = CHANGED_PIXEL_DELTA,
+                                    opacity: tuple[float, float] = (1.0, 1.0)) -> PseudoAnomalyGenerator:
     """Builds a generator by name (one of `GENERATORS`). The foreground options (`foreground`,
     `gradcam_weights`, `cache_dir`, `k_soft`) and `k_hard` configure "ours"; the other generators
     follow their own papers and ignore them (Table 6 keeps the rest of the pipeline fixed)."""
     cls = PSEUDO_ANOMALY_GENERATORS.get(name)
     if cls is ForegroundAwareGenerator:
         return cls(foreground=foreground, gradcam_weights=gradcam_weights, cache_dir=cache_dir,
-                   k_soft=k_soft, k_hard=k_hard, size_range=size_range, min_change=min_change)
+                   k_soft=k_soft, k_hard=k_hard, size_range=size_range, min_change=min_change, opacity=opacity)
     return cls()
 
 
