@@ -30,3 +30,5 @@ def test_pseudo_anomaly_contrast_falls_when_a_larger_change_is_required():
     # weak draws (blur, warps, JPEG of a smooth region) get a colour change until half the mask moved by > 2ε
     assert strict["no_pixel_beyond_2eps"] < loose["no_pixel_beyond_2eps"]
     assert strict["under_5pct_beyond_2eps"] < loose["under_5pct_beyond_2eps"]
+    # each strict draw moves half its mask by more than 16/255, so the masks' median change is at least that
+    assert strict["median_change"] >= 16 and 0 < loose["median_change"] <= strict["median_change"]
