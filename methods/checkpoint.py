@@ -1,10 +1,13 @@
 """Saving and loading a detector together with the config that made it.
 
 A checkpoint is refused when it was made by another method or another config; the message names
-the differing fields. Loading uses `torch.load(weights_only=True)`.
+the differing fields. A field the checkpoint does not have (added to the config after it was
+written) counts as its default: accepted when the detector's value is the default. Loading uses
+`torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -53,7 +56,7 @@ def load_checkpoint(detector, path) -> None:
         raise CheckpointMismatchError(
             f"checkpoint {path} was made by method {payload.get('method')!r}, not {detector.name!r}"
         )
-    differing = config_differences(payload.get("config", {}), detector.config_dict())
+    differing = config_differences(payload.get("config", {}), detector.config_dict(), default_config(detector))
     if differing:
         raise CheckpointMismatchError(
             f"checkpoint {path} was made with another config of {detector.name!r}: "
@@ -62,7 +65,20 @@ def load_checkpoint(detector, path) -> None:
     detector.load_state_dict(payload["state_dict"])
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def default_config(detector) -> dict[str, Any]:
+    """The field defaults of the detector's config dataclass ({} when it has none)."""
+    config = getattr(detector, "config", None)
+    if not dataclasses.is_dataclass(config):
+        return {}
+    return {field.name: field.default for field in dataclasses.fields(config)
+            if field.default is not dataclasses.MISSING}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       defaults: dict[str, Any] | None = None) -> list[str]:
+    """'key: checkpoint has A, expected B' for each field that differs; a field missing from
+    `saved` takes its value from `defaults` (a checkpoint older than the field)."""
+    saved = {**{key: value for key, value in (defaults or {}).items() if key in current}, **saved}
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")

@@ -278,6 +278,18 @@ def test_checkpoint_round_trip_and_refusal(tmp_path):
         tiny(alpha=0).load_checkpoint(path)
 
 
+
+def test_checkpoint_older_than_a_config_field_loads_when_the_field_is_at_its_default(tmp_path):
+    detector = tiny().eval()
+    path = tmp_path / "old.pt"
+    detector.save_checkpoint(path)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["patch_ignore_up_to"]  # written before the field existed
+    torch.save(payload, path)
+    tiny().load_checkpoint(path)
+    with pytest.raises(CheckpointMismatchError, match="patch_ignore_up_to: checkpoint has 0.0, expected 0.25"):
+        tiny(patch_ignore_up_to=0.25).load_checkpoint(path)
+
 # -- adversarial training and fit ----------------------------------------------------------------
 def test_training_adversarial_examples_stay_in_the_ball_and_raise_the_flip_loss():
     torch.manual_seed(0)
