@@ -85,6 +85,36 @@ def test_ours_rectangles_follow_the_paper():
     assert ((areas - expected).abs()[unclipped] <= rect.sizes.sum(1)[unclipped] + 2).all()
 
 
+def test_thin_share_makes_that_share_of_the_rectangles_line_shaped():
+    images = textured_images(2)
+    draws = {}
+    for share in (0.0, 0.5):
+        generator = ForegroundAwareGenerator(foreground="full", size_range=(0.1, 0.6), thin_share=share)
+        generator.prepare(images)
+        draws[share] = generator.sample_rectangles(torch.zeros(400, dtype=torch.long), torch.Generator().manual_seed(0))
+    plain, mixed = draws[0.0].sizes, draws[0.5].sizes
+    assert (plain >= 0.1 * SIZE).all()  # no line without the option
+    low, high = ForegroundAwareGenerator.THIN_WIDTH
+    short = mixed.amin(1)
+    thin = short < 0.1 * SIZE
+    assert 0.4 < thin.float().mean() < 0.6
+    assert (short[thin] >= low * SIZE).all() and (short[thin] <= high * SIZE).all()
+    assert (mixed[thin].amax(1) >= 0.1 * SIZE).all()  # the other side keeps the usual range
+    assert (mixed[thin].argmin(1) == 0).any() and (mixed[thin].argmin(1) == 1).any()  # either side
+    with pytest.raises(ValueError, match="anomaly_thin_share"):
+        ForegroundAwareGenerator(foreground="full", thin_share=1.5)
+
+
+def test_anomaly_thin_share_reaches_the_generator_and_is_checked():
+    from robustad.methods import create_method
+    from robustad.methods.patchguard.detector import build_pseudo_anomaly_generator
+
+    detector = create_method("patchguard", profile="quick", anomaly_thin_share="0.25")
+    assert build_pseudo_anomaly_generator(detector.config).thin_share == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="anomaly_thin_share=-0.1"):
+        create_method("patchguard", profile="quick", anomaly_thin_share=-0.1)
+
+
 def test_rectangle_mask_is_rotated_counter_clockwise_on_screen():
     mask = rotated_rectangle_masks(torch.tensor([[50.0, 50.0]]), torch.tensor([[60.0, 6.0]]),
                                    torch.tensor([math.radians(30)]), 101, 101)[0, 0]

@@ -18,6 +18,8 @@ Every ablation of the paper is a field here, settable with `--config KEY=VALUE`:
 - fainter pseudo anomalies (not in the paper or its code; DRAEM's opacity β ~ U(0.1, 1)):
   `anomaly_opacity=0.1,1` blends the transformed region in at opacity β, raised where needed to
   keep `anomaly_min_change`
+- scratch-like pseudo anomalies (not in the paper or its code; CutPaste's "scar", Li et al. CVPR 2021):
+  `anomaly_thin_share=0.25` gives a quarter of the rectangles one side of 2-5% of the image side
 - anomalous patches weighted in the BCE (not in the paper; ~7% of the quick brick training patches are): `anomalous_patch_weight=4`
 - an ignore band at the mask's border (not in the paper or its code; the "void" border of segmentation
   labels): `patch_ignore_up_to=0.25` leaves patches with more than 0 and at most 25% of their
@@ -97,6 +99,7 @@ class PatchGuardConfig(DetectorConfig):
     anomaly_size: tuple = (0.05, 0.3)  # rectangle side range, fraction of the image side (paper §5.1)
     anomaly_min_change: float = 4 / 255  # half the mask's pixels must change by more (hard_transforms.py)
     anomaly_opacity: tuple = (1.0, 1.0)  # β ~ U(LOW, HIGH): the transformed region blended in at opacity β
+    anomaly_thin_share: float = 0.0  # share of the rectangles made line-shaped (one side 2-5% of the image)
     # -- adversarial training (paper §5.3, eq. 6-7) ---------------------------------------------
     adv_train: bool = True
     train_eps: float = 8 / 255
@@ -193,6 +196,9 @@ class PatchGuardConfig(DetectorConfig):
                              f"e.g. 0.995")
         if not 0 <= self.eps_warmup <= 1:
             raise ValueError(f"patchguard config eps_warmup={self.eps_warmup}: expected a fraction of the epochs in [0, 1]")
+        if not 0 <= self.anomaly_thin_share <= 1:
+            raise ValueError(f"patchguard config anomaly_thin_share={self.anomaly_thin_share}: expected a share of "
+                             f"the pseudo anomalies in [0, 1] (0: the paper's rectangles)")
         if not 0 <= self.anomaly_min_change < 1:
             raise ValueError(f"patchguard config anomaly_min_change={self.anomaly_min_change}: expected a pixel "
                              f"change in [0, 1), e.g. 16/255")

@@ -41,6 +41,7 @@ def build_pseudo_anomaly_generator(config: PatchGuardConfig):
         size_range=config.anomaly_size,
         min_change=config.anomaly_min_change,
         opacity=config.anomaly_opacity,
+        thin_share=config.anomaly_thin_share,
     )
 
 
