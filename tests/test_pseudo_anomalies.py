@@ -214,6 +214,10 @@ def test_blend_keeps_the_opacity_unless_the_anomaly_would_fall_below_min_change(
     moved = (faint - crop).abs().amax(0)
     assert (moved > 16 / 255).float().mean() >= 0.5 and moved.max() < 0.5 * (strong - crop).abs().max()
     assert torch.equal(blend(crop, strong, region, 1.0), strong)
+    quarter = crop.clone()
+    quarter[:, :4] = strong[:, :4]  # most of the region unchanged: nothing to blend down to
+    assert torch.equal(blend(crop, quarter, region, 0.1, min_change=16 / 255), quarter)
+    assert torch.equal(blend(crop, strong, torch.zeros(16, 16, dtype=torch.bool), 1.0), strong)
 
 
 def test_anomaly_opacity_makes_fainter_pseudo_anomalies_that_still_meet_min_change():

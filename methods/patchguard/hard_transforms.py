@@ -155,8 +155,9 @@ def blend(crop: torch.Tensor, transformed: torch.Tensor, region: torch.Tensor, o
           min_change: float = CHANGED_PIXEL_DELTA) -> torch.Tensor:
     """crop + β·(transformed − crop) with β = `opacity`, raised (up to 1) until half of `region`'s
     pixels differ from `crop` by more than `min_change`: a faint anomaly, not an invisible one."""
-    change = (transformed - crop).abs().amax(0)[region] if bool(region.any()) else torch.ones(1)
-    needed = min_change / float(change.quantile(1 - MIN_CHANGED_FRACTION)) if float(change.max()) > 0 else 1.0
+    change = (transformed - crop).abs().amax(0)[region]
+    typical = float(change.quantile(1 - MIN_CHANGED_FRACTION)) if change.numel() else 0.0
+    needed = min_change / typical if typical > 0 else 1.0  # half unchanged: no β helps, keep it all
     beta = min(1.0, max(opacity, needed * 1.01))
     return (crop + beta * (transformed - crop)).clamp(0, 1)
 
