@@ -2,6 +2,7 @@
 
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
     [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N] [--profile paper]
+    [--pseudo-anomalies test-defects]
 The `quick` profile (default) fits the ~10 minutes of a 2-core CPU; `--profile paper` (ViT-S, 224 px,
 PGD-10 training, 300 epochs) needs a GPU (`--device cuda`).
 Prints one JSON line per variant: clean / PGD-N (localization) image+pixel AUROC and PGD-N
@@ -50,8 +51,13 @@ def main():
     ap.add_argument("--save-dir", type=Path, help="write each trained model to DIR/<label>-<variant>-seed<N>.pt")
     ap.add_argument("--checkpoint", type=Path, help="evaluate this saved model (same --set) instead of training")
     ap.add_argument("--train-images", type=int, default=0, help="fit on the first N training images only (0: all)")
+    ap.add_argument("--pseudo-anomalies", default="config", choices=["config", "test-defects"],
+                    help="config: the generator the config names; test-defects: the textures test set's own defect "
+                         "process (an upper bound for diagnosis, textures_defect_generator.py)")
     args = ap.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.set)
+    if args.pseudo_anomalies == "test-defects":
+        train_on_test_defects(args.category)
     device = torch.device(args.device)
     for variant in args.variants.split(","):
         extra = {"clean": {"adv_train": "false"}, "noreg": {"alpha": "0"}}.get(variant, {})
@@ -72,6 +78,7 @@ def main():
             args.save_dir.mkdir(parents=True, exist_ok=True)
             det.save_checkpoint(args.save_dir / f"{args.label or 'run'}-{variant}-seed{args.seed}.pt")
         res = {"label": args.label, "variant": variant, "profile": args.profile, "overrides": {**overrides, **extra},
+               "pseudo_anomalies": args.pseudo_anomalies,
                "fit_s": round(fit_s, 1), "n_train": len(train)}
         for steps in [int(s) for s in args.steps.split(",")]:
             for objective in ("localization", "detection"):
@@ -86,6 +93,20 @@ def main():
                 res[f"test_patch_auroc_pgd{steps}"] = test_set_auroc(det, test, steps, device)
         res["n_test"] = ev["n_test"]
         print(json.dumps(res), flush=True)
+
+
+def train_on_test_defects(category: str) -> None:
+    """Makes PatchGuard's fit, and --train-check, draw the textures test set's defects (`TestDefectGenerator`)
+    instead of the pseudo anomalies its config names: trained on what it is tested on, an upper bound."""
+    import importlib.util
+
+    from robustad.methods.patchguard import detector
+
+    spec = importlib.util.spec_from_file_location("textures_defect_generator",
+                                                  Path(__file__).with_name("textures_defect_generator.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    detector.build_pseudo_anomaly_generator = lambda config: module.TestDefectGenerator(category)
 
 
 class FirstImages(torch.utils.data.Subset):
