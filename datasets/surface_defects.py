@@ -80,6 +80,12 @@ def blob_coverage(rng: np.random.Generator, shape: tuple[int, int], centre, radi
     return np.clip(field / softness, 0.0, 1.0)
 
 
+def blob_core(coverage: np.ndarray) -> np.ndarray:
+    """The pixels a blob covers by more than half, or its most covered ones when the edge noise left none."""
+    core = coverage > 0.5
+    return core if core.any() else coverage >= coverage.max()
+
+
 def shift_toward(image: np.ndarray, coverage: np.ndarray, target, strength: float) -> np.ndarray:
     """Moves each pixel a fraction `strength * coverage` of the way toward `target`."""
     return image + (strength * coverage)[..., None] * (np.asarray(target, dtype=float) - image)
@@ -121,7 +127,7 @@ def stain(rng, image, donor):
     """A low-contrast irregular blotch tinted toward a nearby colour."""
     shape = image.shape[:2]
     coverage = blob_coverage(rng, shape, random_centre(rng, shape, 16), rng.uniform(10, 26), 0.35, 0.5)
-    local = image[coverage > 0.5].mean(axis=0)  # (C,) the surface colour under the stain
+    local = image[blob_core(coverage)].mean(axis=0)  # (C,) the surface colour under the stain
     lighter = luminance(local[None, None])[0, 0] < 0.5 and rng.random() < 0.7
     colour = local + rng.uniform(0.12, 0.22) * (1.0 if lighter else -1.0)
     if image.shape[2] == 3:  # a hue change on colour surfaces: tea, rust, ink
@@ -141,7 +147,7 @@ def foreign(rng, image, donor):
     y = rng.integers(0, donor.shape[0] - shape[0] + 1)
     x = rng.integers(0, donor.shape[1] - shape[1] + 1)
     patch = donor[y : y + shape[0], x : x + shape[1]]
-    region = coverage > 0.5
+    region = blob_core(coverage)
     matched = (patch - patch[region].mean(0)) / (patch[region].std(0) + 1e-6)
     matched = matched * (image[region].std(0) + 0.02) + image[region].mean(0)
     return shift_toward(image, coverage, np.clip(matched, 0, 1), 1.0), coverage

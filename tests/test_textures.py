@@ -78,6 +78,21 @@ def test_defects_are_moderate_not_gross(kind, photos):
     assert max(changes) < 0.6
 
 
+@pytest.mark.parametrize("kind", ["stain", "foreign"])
+def test_a_blob_whose_centre_the_edge_noise_ate_is_still_a_moderate_defect(kind, photos, monkeypatch):
+    """Edge noise can leave no pixel covered by more than half (about 1 stain in 1300 drew NaN colours)."""
+    from robustad.datasets import surface_defects
+
+    yy, xx = np.mgrid[:128, :128]
+    ring = np.clip(0.45 - np.abs(np.hypot(yy - 64, xx - 64) - 12) / 20, 0, 1)  # coverage peaks at 0.45
+    monkeypatch.setattr(surface_defects, "blob_coverage", lambda *args, **kwargs: ring)
+    source = random_crop(np.random.default_rng(0), photos["brick"], (0, 512), 128)
+    image, mask = apply_defect(kind, source, np.random.default_rng(1), donor=photos["grass"])
+    np.testing.assert_array_equal(mask, ring >= 0.2)
+    np.testing.assert_array_equal(mask, changed_pixels(image, source))
+    assert np.abs(image.astype(float) - source)[mask].mean() / 255 < 0.4  # not painted black by NaN
+
+
 def test_unknown_defect_and_bad_image_are_clear_errors():
     with pytest.raises(ValueError, match="scratch"):
         apply_defect("dent", np.zeros((64, 64, 3), np.uint8), np.random.default_rng(0))
