@@ -43,8 +43,12 @@ def as_tensor(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 def defect_contrast(category: str, size: int, eps: float, grid: int) -> dict:
-    """Per defect kind: share of defect pixels changed by > eps, median change (/255), fragile patches."""
-    per_kind: dict[str, list[tuple[float, float, float | None]]] = {}
+    """Per defect kind: share of defect pixels changed by > ε and > 2ε, median change (/255), fragile patches.
+
+    A patch is fragile at a bound when under 5% of its pixels changed by more than it: within ε the
+    attacker undoes the defect; within 2ε it can make the defect and its normal source meet.
+    """
+    per_kind: dict[str, list[dict]] = {}
     for item in render_category(category):
         if item.mask is None:
             continue
@@ -53,16 +57,22 @@ def defect_contrast(category: str, size: int, eps: float, grid: int) -> dict:
         mask = mask_tensor(item.mask, size)[0] > 0.5
         if not bool(mask.any()):
             continue
-        beyond = (change > eps) & mask
         cell = size // grid
         anomalous = F.avg_pool2d(mask.float()[None, None], cell)[0, 0] > 0.05
-        changed = F.avg_pool2d(beyond.float()[None, None], cell)[0, 0]
-        fragile = float((changed[anomalous] < 0.05).float().mean()) if bool(anomalous.any()) else None
-        per_kind.setdefault(kind, []).append(
-            (float(beyond[mask].float().mean()), float(change[mask].median()) * 255, fragile))
-    return {kind: {"pixels_beyond_eps": round(float(np.mean([v[0] for v in values])), 3),
-                   "median_change_255": round(float(np.mean([v[1] for v in values])), 1),
-                   "fragile_patches": round(float(np.mean([v[2] for v in values if v[2] is not None] or [0.0])), 3),
+        row = {"median_change_255": float(change[mask].median()) * 255}
+        for name, bound in (("", eps), ("_2eps", 2 * eps)):
+            beyond = (change > bound) & mask
+            changed = F.avg_pool2d(beyond.float()[None, None], cell)[0, 0]
+            row[f"pixels_beyond{name or '_eps'}"] = float(beyond[mask].float().mean())
+            row[f"fragile_patches{name}"] = float((changed[anomalous] < 0.05).float().mean()) if bool(anomalous.any()) else None
+        per_kind.setdefault(kind, []).append(row)
+
+    def mean(values: list[dict], key: str, digits: int) -> float:
+        present = [v[key] for v in values if v[key] is not None]
+        return round(float(np.mean(present or [0.0])), digits)
+
+    keys = ("pixels_beyond_eps", "pixels_beyond_2eps", "median_change_255", "fragile_patches", "fragile_patches_2eps")
+    return {kind: {**{key: mean(values, key, 1 if key == "median_change_255" else 3) for key in keys},
                    "images": len(values)}
             for kind, values in per_kind.items()}
 
@@ -135,11 +145,12 @@ def main(argv=None):
         print(json.dumps({"category": args.category, "eps": args.eps, "grid": args.grid, "sizes": result}))
         return
     print(f"{args.category}, ε = {args.eps * 255:.1f}/255, {args.grid}×{args.grid} patches")
-    print(f"{'size':>5} {'defect':<9} {'pixels > ε':>10} {'median |Δ|':>11} {'patches < 5% > ε':>17}")
+    print(f"{'size':>5} {'defect':<9} {'pixels > ε':>10} {'pixels > 2ε':>11} {'median |Δ|':>11} "
+          f"{'patches < 5% > ε':>17} {'patches < 5% > 2ε':>18}")
     for size, kinds in result.items():
         for kind, row in kinds.items():
-            print(f"{size:>5} {kind:<9} {row['pixels_beyond_eps']:>10.2f} {row['median_change_255']:>9.1f}/255"
-                  f" {row['fragile_patches']:>17.2f}")
+            print(f"{size:>5} {kind:<9} {row['pixels_beyond_eps']:>10.2f} {row['pixels_beyond_2eps']:>11.2f} "
+                  f"{row['median_change_255']:>9.1f}/255 {row['fragile_patches']:>17.2f} {row['fragile_patches_2eps']:>18.2f}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ def test_defect_share_beyond_eps_falls_with_eps_and_covers_every_kind():
         low, mid, high = (shares[eps][kind] for eps in (0.0, 8 / 255, 1.0))
         assert low["pixels_beyond_eps"] >= mid["pixels_beyond_eps"] >= high["pixels_beyond_eps"] == 0.0
         assert high["fragile_patches"] == 1.0  # nothing changes by more than the whole range
+        assert mid["pixels_beyond_2eps"] <= mid["pixels_beyond_eps"]  # 2ε is the stricter bound
+        assert mid["fragile_patches_2eps"] >= mid["fragile_patches"]
+        assert low["pixels_beyond_2eps"] == low["pixels_beyond_eps"]  # 2·0 = 0
         assert 0 < mid["median_change_255"] <= 255
     assert min(shares[0.0][kind]["pixels_beyond_eps"] for kind in DEFECT_KINDS) > 0.5  # defects change pixels
 
