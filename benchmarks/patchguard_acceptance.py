@@ -2,7 +2,7 @@
 
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
     [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N] [--profile paper]
-    [--pseudo-anomalies test-defects]
+    [--pseudo-anomalies test-defects|mixed]
 The `quick` profile (default) fits the ~10 minutes of a 2-core CPU; `--profile paper` (ViT-S, 224 px,
 PGD-10 training, 300 epochs) needs a GPU (`--device cuda`).
 Prints one JSON line per variant: clean / PGD-N (localization) image+pixel AUROC and PGD-N
@@ -51,13 +51,13 @@ def main():
     ap.add_argument("--save-dir", type=Path, help="write each trained model to DIR/<label>-<variant>-seed<N>.pt")
     ap.add_argument("--checkpoint", type=Path, help="evaluate this saved model (same --set) instead of training")
     ap.add_argument("--train-images", type=int, default=0, help="fit on the first N training images only (0: all)")
-    ap.add_argument("--pseudo-anomalies", default="config", choices=["config", "test-defects"],
+    ap.add_argument("--pseudo-anomalies", default="config", choices=["config", "test-defects", "mixed"],
                     help="config: the generator the config names; test-defects: the textures test set's own defect "
-                         "process (an upper bound for diagnosis, textures_defect_generator.py)")
+                         "process (a diagnostic, textures_defect_generator.py); mixed: each image one or the other")
     args = ap.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    if args.pseudo_anomalies == "test-defects":
-        train_on_test_defects(args.category)
+    if args.pseudo_anomalies != "config":
+        train_on_test_defects(args.category, mixed=args.pseudo_anomalies == "mixed")
     device = torch.device(args.device)
     for variant in args.variants.split(","):
         extra = {"clean": {"adv_train": "false"}, "noreg": {"alpha": "0"}}.get(variant, {})
@@ -95,9 +95,10 @@ def main():
         print(json.dumps(res), flush=True)
 
 
-def train_on_test_defects(category: str) -> None:
+def train_on_test_defects(category: str, mixed: bool = False) -> None:
     """Makes PatchGuard's fit, and --train-check, draw the textures test set's defects (`TestDefectGenerator`)
-    instead of the pseudo anomalies its config names: trained on what it is tested on, an upper bound."""
+    instead of the pseudo anomalies its config names, or (`mixed`) each image one or the other at even odds:
+    trained on what it is tested on, a diagnostic no real detector can use."""
     import importlib.util
 
     from robustad.methods.patchguard import detector
@@ -106,7 +107,13 @@ def train_on_test_defects(category: str) -> None:
                                                   Path(__file__).with_name("textures_defect_generator.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    detector.build_pseudo_anomaly_generator = lambda config: module.TestDefectGenerator(category)
+    configured = detector.build_pseudo_anomaly_generator
+
+    def build(config):
+        defects = module.TestDefectGenerator(category)
+        return module.MixedGenerator(defects, configured(config)) if mixed else defects
+
+    detector.build_pseudo_anomaly_generator = build
 
 
 class FirstImages(torch.utils.data.Subset):

@@ -66,3 +66,27 @@ class TestDefectGenerator(PseudoAnomalyGenerator):
             outputs.append((image + change).clamp(0, 1))
             masks.append(mask_tensor(mask, size[0]))
         return torch.stack(outputs), torch.stack(masks)
+
+
+class MixedGenerator(PseudoAnomalyGenerator):
+    """Each image's anomaly from `first` with probability `share`, else from `second` (both exact masks)."""
+
+    name = "mixed"
+
+    def __init__(self, first: PseudoAnomalyGenerator, second: PseudoAnomalyGenerator, share: float = 0.5):
+        if not 0 <= share <= 1:
+            raise ValueError(f"mixed generator: share {share} must lie in [0, 1]")
+        self.first, self.second, self.share = first, second, share
+
+    def prepare(self, images: torch.Tensor) -> None:
+        self.first.prepare(images)
+        self.second.prepare(images)
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.rand(len(images), generator=generator) < self.share
+        first_images, first_masks = self.first(images, indices, generator)
+        second_images, second_masks = self.second(images, indices, generator)
+        chosen = pick.view(-1, 1, 1, 1)
+        return (torch.where(chosen, first_images.float(), second_images.float()),
+                torch.where(chosen, first_masks.float(), second_masks.float()))

@@ -53,3 +53,42 @@ def test_acceptance_script_trains_patchguard_on_the_test_defects(monkeypatch):
     load_benchmark("patchguard_acceptance").train_on_test_defects("grass")
     generator = detector.build_pseudo_anomaly_generator(detector.PatchGuardConfig())
     assert type(generator).__name__ == "TestDefectGenerator" and len(generator.donors) == 4
+
+
+class Constant:
+    """A stand-in generator: adds `value` everywhere, mask all ones (or all zeros for value 0)."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def prepare(self, images):
+        pass
+
+    def __call__(self, images, indices, generator):
+        torch.rand(1, generator=generator)  # consumes the generator, as a real one does
+        return images + self.value, torch.full((len(images), 1, *images.shape[-2:]), float(self.value > 0))
+
+
+def test_mixed_generator_gives_each_image_one_generators_anomaly_and_mask():
+    module = load_benchmark("textures_defect_generator")
+    images = torch.zeros(64, 3, 4, 4)
+    out, masks = module.MixedGenerator(Constant(0.5), Constant(0.0))(images, torch.arange(64), torch.Generator().manual_seed(0))
+    first = out.flatten(1).amax(1) == 0.5
+    assert torch.equal(masks.flatten(1).amax(1) == 1, first)  # image and mask from the same generator
+    assert 16 < int(first.sum()) < 48  # even odds
+    for share, expected in ((1.0, 0.5), (0.0, 0.0)):
+        out, _ = module.MixedGenerator(Constant(0.5), Constant(0.0), share)(images, torch.arange(64), torch.Generator())
+        assert bool((out == expected).all())
+    with pytest.raises(ValueError, match="share 2"):
+        module.MixedGenerator(Constant(0.5), Constant(0.0), 2)
+
+
+def test_acceptance_script_mixes_the_test_defects_with_the_configured_generator(monkeypatch):
+    from robustad.methods.patchguard import detector
+
+    monkeypatch.setattr(detector, "build_pseudo_anomaly_generator", detector.build_pseudo_anomaly_generator)
+    load_benchmark("patchguard_acceptance").train_on_test_defects("brick", mixed=True)
+    generator = detector.build_pseudo_anomaly_generator(detector.PatchGuardConfig(foreground="full"))
+    assert type(generator).__name__ == "MixedGenerator"
+    assert type(generator.first).__name__ == "TestDefectGenerator"
+    assert type(generator.second).__name__ == "ForegroundAwareGenerator"
