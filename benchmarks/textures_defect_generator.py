@@ -1,11 +1,12 @@
-"""An upper-bound diagnostic, not a method: PatchGuard trained on the `textures` test set's own defect process.
+"""A diagnostic, not a method: PatchGuard trained on the `textures` test set's own defect process.
 
 `TestDefectGenerator` is a pseudo-anomaly generator that draws the built-in dataset's test-time
 defects (`datasets/surface_defects.py`: scratch, hole, stain, foreign texture, crack, one kind per
 image, uniformly) on the training images, each with its exact mask. PatchGuard trained on it
 (`patchguard_acceptance.py --pseudo-anomalies test-defects`) sees at training time what it is tested
-on, which no real detector can: what that model keeps under attack bounds what pseudo anomalies
-could buy on this data at this image size, model and training budget.
+on, which no real detector can: what that model keeps under attack says whether pseudo anomalies
+more like the test defects could help on this data at this image size, model and training budget.
+`MixedGenerator` gives each image either these defects or the configured pseudo anomalies.
 
 The defects' sizes are set in pixels of the dataset's 128 px crops, so each image is upsampled to
 `draw_size`, the defect drawn there, and its change brought back to the image size the way the

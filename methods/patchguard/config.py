@@ -271,7 +271,7 @@ PAPER = PatchGuardConfig()
 # on unseen images' 82.5, fringes 59.5; width 96: 77.2, 47.5) but not the real defects: 96.2 → 53.8 /
 # 49.7 pixel AUROC, image 94.7 → 31.8, real-defect patches 40.3 (crack 18.5, scratch 10.2) (seed 0).
 # Trained on the test defects themselves (benchmarks/patchguard_acceptance.py --pseudo-anomalies test-defects,
-# an upper bound no detector can use) it keeps less: 82.8 → 15.8 / 15.7, real-defect patches 10.6, its own
+# a reference no detector can use) it keeps less: 82.8 → 15.8 / 15.7, real-defect patches 10.6, its own
 # training defects' cores 10.3 (seed 0; at 128 px with patch 16: 77.2 → 6.7): not the pseudo anomalies' fault.
 # Tried on the CPU with 4/255, none better under PGD-100 (pixel AUROC; that preset 33-44 over seeds and runs):
 # lr=4e-4 40.4, lr=2e-4 38.7 (seed 0),
