@@ -41,14 +41,13 @@ class TestDefectGenerator(PseudoAnomalyGenerator):
         self.draw_size = draw_size
         self.kinds = tuple(kinds)
         self.donors = [load_photo(name) for name in TEXTURE_PHOTOS if name != category]
-        self.prepared_count = None  # no state from the training images is needed
 
     def prepare(self, images: torch.Tensor) -> None:
         check_images(images, "prepare(images)")
 
     def __call__(self, images: torch.Tensor, indices: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        check_batch(images, indices, self.prepared_count, None)
+        check_batch(images, indices, None, None)  # needs nothing from prepare
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         size = tuple(images.shape[-2:])
         large = F.interpolate(images.float(), size=(self.draw_size, self.draw_size), mode="bilinear",
