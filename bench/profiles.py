@@ -1,8 +1,11 @@
-"""Profiles: the paper's setting and a CPU-sized one, as two instances of one dataclass.
+"""Profiles: the paper's setting and two CPU-sized ones, as instances of one dataclass.
 
 `paper` is the PatchGuard paper's protocol (PGD-1000 at test time, a GPU). `quick` runs the same
-code path sized for a 2-core CPU. A method's own sizes (image size, model, epochs) live in that
-method's config presets, keyed by the same `Profile`.
+code path sized for a 2-core CPU (about 10-15 minutes per category and method). `long` evaluates as
+`quick` does, with the models that need more compute to keep their robustness made larger and
+trained longer (PatchGuard: twice the ViT width, three times the epochs, about an hour per
+category on 2 cores); a method without a `long` preset uses its `quick` one. A method's own sizes
+(image size, model, epochs) live in that method's config presets, keyed by the same `Profile`.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from robustad.bench.choices import Choice
 class Profile(Choice):
     PAPER = "paper"
     QUICK = "quick"
+    LONG = "long"
 
 
 @dataclass(frozen=True)
@@ -28,4 +32,5 @@ class EvalSettings:
 EVAL_SETTINGS = {
     Profile.PAPER: EvalSettings(attack_steps=1000, batch_size=16, max_test_images=None),
     Profile.QUICK: EvalSettings(attack_steps=20, batch_size=16, max_test_images=None),
+    Profile.LONG: EvalSettings(attack_steps=20, batch_size=16, max_test_images=None),
 }

@@ -1,6 +1,7 @@
 """PatchGuard: model, loss (R and the KL variant), adversarial training, config, checkpoints, attention degree."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -224,6 +225,16 @@ def test_config_overrides_and_presets():
         create_method("patchguard", reg_layers="0")
     with pytest.raises(ValueError, match="pseudo_anomaly"):
         create_method("patchguard", pseudo_anomaly="draem")
+
+
+def test_long_preset_is_quick_with_twice_the_width_and_three_times_the_epochs():
+    quick = create_method("patchguard", profile="quick").config
+    long = create_method("patchguard", profile="long").config
+    differing = {f.name for f in dataclasses.fields(quick) if getattr(quick, f.name) != getattr(long, f.name)}
+    assert differing == {"vit_embed_dim", "epochs"}
+    assert (long.vit_embed_dim, long.epochs) == (2 * quick.vit_embed_dim, 3 * quick.epochs)
+    assert long.vit_embed_dim % long.vit_heads == 0 and long.vit_embed_dim % long.disc_heads == 0
+    assert create_method("patchguard", profile="long", epochs=10).config.epochs == 10  # --config still wins
 
 
 def test_ablation_fields_change_the_model():

@@ -46,6 +46,18 @@ def test_bench_run_writes_one_record(mvtec_root, tmp_path, capsys):
     assert "pixel" in capsys.readouterr().out.lower()
 
 
+def test_long_profile_falls_back_to_the_quick_preset_and_is_recorded(mvtec_root, tmp_path):
+    from robustad.methods import create_method
+
+    # the tiny detector has quick and paper presets only: long uses quick's, and the record says long
+    assert create_method(TINY, profile="long").config == create_method(TINY, profile="quick").config
+    record = run_cell(spec(mvtec_root, profile="long"), results=tmp_path)
+    assert record["error"] is None and record["profile"] == "long"
+    assert record["config"] == run_cell(spec(mvtec_root, profile="quick"), results=tmp_path)["config"]
+    with pytest.raises(ValueError, match="profile 'longer'; expected one of: paper, quick, long"):
+        run_cell(spec(mvtec_root, profile="longer"), results=tmp_path)
+
+
 def test_rerun_skips_done_cells_and_reuses_checkpoint(mvtec_root, tmp_path):
     first = run_cell(spec(mvtec_root), results=tmp_path)
     again = run_cell(spec(mvtec_root), results=tmp_path)
@@ -130,6 +142,7 @@ def test_profile_steps_apply_to_gradient_attacks_only():
         return CellSpec(method=TINY, dataset="mvtec", category="alpha", attack=attack, profile=profile, **kw).resolved_steps()
 
     assert steps("pgd") == 20 and steps("pgd", "paper") == 1000 and steps("sea", "paper") == 1000
+    assert steps("pgd", "long") == 20  # long evaluates as quick does
     assert steps("pgd-50") is None and steps("fgsm") is None
     assert steps("simba") is None and steps("square", "paper") is None  # their own query budgets
     assert steps("simba", steps=300) == 300
