@@ -1,10 +1,11 @@
 """Acceptance measurement (not a test): PatchGuard on one `textures` category, adversarial vs clean training.
 
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
-    [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N] [--profile paper]
+    [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N] [--profile long|paper]
     [--pseudo-anomalies test-defects|mixed]
-The `quick` profile (default) fits the ~10 minutes of a 2-core CPU; `--profile paper` (ViT-S, 224 px,
-PGD-10 training, 300 epochs) needs a GPU (`--device cuda`).
+The `quick` profile (default) fits the ~10 minutes of a 2-core CPU; `--profile long` (width 192, 900
+epochs) about an hour there; `--profile paper` (ViT-S, 224 px, PGD-10 training, 300 epochs) needs a
+GPU (`--device cuda`).
 Prints one JSON line per variant: clean / PGD-N (localization) image+pixel AUROC and PGD-N
 (detection objective) image AUROC for each N of --steps. --train-check adds the patch AUROC,
 clean and under PGD-N (localization), on 48 training images and their pseudo anomalies: a low
