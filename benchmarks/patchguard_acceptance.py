@@ -2,7 +2,7 @@
 
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
     [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N] [--profile long|paper]
-    [--pseudo-anomalies test-defects|mixed]
+    [--pseudo-anomalies test-defects|mixed] [--top-k 1,5,16,64]
 The `quick` profile (default) fits the ~10 minutes of a 2-core CPU; `--profile long` (width 192, 900
 epochs) about an hour there; `--profile paper` (ViT-S, 224 px, PGD-10 training, 300 epochs) needs a
 GPU (`--device cuda`).
@@ -12,7 +12,9 @@ clean and under PGD-N (localization), on 48 training images and their pseudo ano
 figure there means the adversarial training under-fits; a high one with a low test figure means
 the robustness does not carry over to the test set. The same on the test set's normal images and
 their pseudo anomalies ("heldout") says which part does not: unseen normal images, or real defects;
-"test" gives it on the real defects, by group and by defect kind.
+"test" gives it on the real defects, by group and by defect kind. --top-k re-scores the same model
+with S(x) = mean of the top k patch logits for each k and gives image AUROC clean and under PGD-N,
+detection and localization objective: is the image score's k what an attack on it exploits?
 """
 import argparse
 import json
@@ -55,8 +57,11 @@ def main():
     ap.add_argument("--pseudo-anomalies", default="config", choices=["config", "test-defects", "mixed"],
                     help="config: the generator the config names; test-defects: the textures test set's own defect "
                          "process (a diagnostic, textures_defect_generator.py); mixed: each image one or the other")
+    ap.add_argument("--top-k", default="", help="comma list of k: image AUROC with S = mean of the top-k patch "
+                                                "logits, clean and under PGD-N, for each k (the model is not retrained)")
     args = ap.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.set)
+    top_ks = parse_top_ks(args.top_k)
     if args.pseudo_anomalies != "config":
         train_on_test_defects(args.category, mixed=args.pseudo_anomalies == "mixed")
     device = torch.device(args.device)
@@ -92,8 +97,42 @@ def main():
                 res[f"train_patch_auroc_pgd{steps}"] = training_distribution_auroc(det, train, steps, device)
                 res[f"heldout_patch_auroc_pgd{steps}"] = training_distribution_auroc(det, test, steps, device)
                 res[f"test_patch_auroc_pgd{steps}"] = test_set_auroc(det, test, steps, device)
+            if top_ks:
+                res[f"image_auroc_by_top_k_pgd{steps}"] = image_auroc_by_top_k(det, test, steps, device, top_ks)
         res["n_test"] = ev["n_test"]
         print(json.dumps(res), flush=True)
+
+
+def parse_top_ks(text: str) -> list[int]:
+    """`--top-k 1,5,16` as [1, 5, 16]; anything but positive integers is an error naming the option."""
+    try:
+        ks = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise SystemExit(f"--top-k {text!r}: expected a comma list of positive integers, e.g. 1,5,16,64") from None
+    if any(k < 1 for k in ks):
+        raise SystemExit(f"--top-k {text!r}: expected a comma list of positive integers, e.g. 1,5,16,64")
+    return ks
+
+
+def image_auroc_by_top_k(det, dataset, steps: int, device, ks: list[int]) -> dict:
+    """{k: {objective: [clean, PGD-`steps`] image AUROC}} with the detector's S = mean of its top-k patch logits.
+
+    The same trained model, re-scored: only `config.top_k` changes (restored afterwards). The
+    detection objective attacks S itself, so it answers whether a larger or smaller k resists it.
+    """
+    original = det.config.top_k
+    result = {}
+    try:
+        for k in ks:
+            det.config.top_k = k
+            result[k] = {}
+            for objective in ("detection", "localization"):
+                ev = evaluate(det, dataset, create_attack(f"pgd-{steps}", objective=objective), batch_size=16,
+                              device=device, progress=False)
+                result[k][objective] = [ev["clean"]["image_auroc"], ev["adversarial"]["image_auroc"]]
+    finally:
+        det.config.top_k = original
+    return result
 
 
 def train_on_test_defects(category: str, mixed: bool = False) -> None:

@@ -76,3 +76,36 @@ def test_test_set_check_splits_the_real_defects_by_kind(monkeypatch):
     result = script.test_set_auroc(brightness, items, 20, "cpu")
     assert result["clean"]["by_kind"] == pytest.approx({"bright": 100.0, "dark": 0.0})
     assert result["clean"]["all"] == pytest.approx(50.0) and result["adv"] == result["clean"]
+
+
+def test_top_k_rescoring_evaluates_each_k_and_restores_the_config(monkeypatch):
+    from types import SimpleNamespace
+
+    script = load_script()
+    det = SimpleNamespace(config=SimpleNamespace(top_k=5))
+    seen = []
+
+    def evaluate(detector, dataset, attack, batch_size, device, progress):  # image AUROC = the k in use
+        seen.append((detector.config.top_k, attack.objective.value))
+        if detector.config.top_k == 99:
+            raise RuntimeError("evaluation failed")
+        return {"clean": {"image_auroc": float(detector.config.top_k)},
+                "adversarial": {"image_auroc": detector.config.top_k / 2}}
+
+    monkeypatch.setattr(script, "evaluate", evaluate)
+    result = script.image_auroc_by_top_k(det, [], 3, "cpu", [1, 16])
+    assert result == {1: {"detection": [1.0, 0.5], "localization": [1.0, 0.5]},
+                      16: {"detection": [16.0, 8.0], "localization": [16.0, 8.0]}}
+    assert seen == [(1, "detection"), (1, "localization"), (16, "detection"), (16, "localization")]
+    assert det.config.top_k == 5
+    with pytest.raises(RuntimeError):
+        script.image_auroc_by_top_k(det, [], 3, "cpu", [99])
+    assert det.config.top_k == 5  # restored after a failure too
+
+
+def test_top_k_option_is_parsed_or_refused_naming_it():
+    parse = load_script().parse_top_ks
+    assert parse("1,5, 64") == [1, 5, 64] and parse("") == []
+    for bad in ("0,5", "five", "1.5"):
+        with pytest.raises(SystemExit, match="--top-k"):
+            parse(bad)
