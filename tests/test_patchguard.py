@@ -7,15 +7,18 @@ import math
 import pytest
 import torch
 
-from robustad.attacks.objectives import FlipLoss, flip_loss
+from robustad.attacks.objectives import FlipLoss, Objective, flip_loss
 from robustad.attacks.threat_model import Norm, lp_norm
 from robustad.methods import CheckpointMismatchError, create_method
 from robustad.methods.patchguard import PatchGuard, PatchGuardConfig
 from robustad.methods.patchguard.adversarial_training import (
     IGNORED,
     adversarial_examples,
+    detection_rows,
+    image_labels,
     patch_labels,
     patchguard_loss,
+    training_attack,
     training_batch,
     training_eps,
 )
@@ -328,6 +331,53 @@ def test_one_attack_on_normal_and_pseudo_anomalies_equals_two():
     assert (together != apart).float().mean() < 0.01  # per-image losses: only float noise may differ
 
 
+def test_detection_rows_take_the_same_share_of_normal_images_and_pseudo_anomalies():
+    assert not detection_rows(8, 0.0).any()
+    assert detection_rows(8, 0.5).tolist() == [True, True, False, False, True, True, False, False]
+    assert detection_rows(8, 1.0).all()
+    assert detection_rows(6, 0.5).tolist() == [True, True, False, True, True, False]  # round(1.5) = 2
+
+
+def test_training_attack_on_the_score_raises_normal_and_lowers_anomalous_scores():
+    torch.manual_seed(0)
+    detector = tiny(train_steps=5, train_detection_share=1.0)
+    x = torch.rand(4, 3, 32, 32)
+    targets = torch.zeros(4, 4, 4)
+    targets[2:, 1:3, 1:3] = 1  # [x; x']: two normal images, two pseudo anomalies
+    adv = training_attack(detector, x, targets, detector.config)
+    assert (lp_norm(adv - x, Norm.LINF) <= 8 / 255 + 1e-6).all()
+    detector.eval()
+    with torch.no_grad():
+        change = detector.score(detector(adv)) - detector.score(detector(x))
+    assert (change[:2] > 0).all() and (change[2:] < 0).all()
+    assert image_labels(targets).tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_training_attack_with_no_detection_share_is_the_patch_label_attack():
+    torch.manual_seed(0)
+    detector = tiny(train_steps=3)
+    x = torch.rand(4, 3, 32, 32)
+    targets = torch.zeros(4, 4, 4)
+    targets[2:, :2, :2] = 1
+    assert torch.equal(training_attack(detector, x, targets, detector.config),
+                       adversarial_examples(detector, x, targets, detector.config))
+    detector.config.train_detection_share = 0.5  # rows 0 and 2 on S, rows 1 and 3 on the patch labels
+    mixed = training_attack(detector, x, targets, detector.config)
+    on_patches = adversarial_examples(detector, x[[1, 3]], targets[[1, 3]], detector.config)
+    assert (mixed[[1, 3]] != on_patches).float().mean() < 0.01  # only float noise may differ
+    on_score = adversarial_examples(detector, x[[0, 2]], targets[[0, 2]], detector.config, objective=Objective.DETECTION)
+    assert (mixed[[0, 2]] != on_score).float().mean() < 0.01
+
+
+def test_detection_share_outside_pgd_training_or_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="train_detection_share=1.5"):
+        PatchGuardConfig(train_detection_share=1.5)
+    with pytest.raises(ValueError, match="train_detection_share: only PGD training"):
+        PatchGuardConfig(train_detection_share=0.5, train_objective="trades")
+    with pytest.raises(ValueError, match="train_detection_share: only PGD training"):
+        PatchGuardConfig(train_detection_share=0.5, train_replays=4)
+
+
 def test_training_random_start_draws_a_new_start_each_call_deterministically():
     x = torch.rand(2, 3, 32, 32)
     targets = torch.zeros(2, 4, 4)
@@ -557,7 +607,8 @@ def test_eps_warmup_ramps_the_training_eps_then_holds_it():
         PatchGuardConfig(eps_warmup=1.5)
 
 
-@pytest.mark.parametrize("objective", ["pgd", "trades"])
+@pytest.mark.parametrize("objective", [{"train_objective": "pgd"}, {"train_objective": "trades"},
+                                       {"train_detection_share": 0.5}], ids=["pgd", "trades", "detection-share"])
 def test_tiny_fit_runs_and_is_deterministic(mvtec_root, fake_generator, objective):
     from robustad.datasets import create_dataset
 
@@ -565,7 +616,7 @@ def test_tiny_fit_runs_and_is_deterministic(mvtec_root, fake_generator, objectiv
     weights = []
     for _ in range(2):
         torch.manual_seed(0)
-        detector = tiny(epochs=1, train_objective=objective)
+        detector = tiny(epochs=1, **objective)
         detector.fit(train)
         weights.append(torch.cat([p.detach().flatten() for p in detector.parameters()]))
         assert not detector.training
@@ -574,6 +625,23 @@ def test_tiny_fit_runs_and_is_deterministic(mvtec_root, fake_generator, objectiv
     torch.manual_seed(0)
     fresh = torch.cat([p.detach().flatten() for p in tiny(epochs=1).parameters()])
     assert not torch.equal(weights[0], fresh)
+
+
+def test_fit_with_prefetched_batches_gives_the_same_model(mvtec_root, fake_generator, monkeypatch):
+    from robustad.datasets import create_dataset
+    from robustad.methods.patchguard import detector as module
+
+    train = create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=32)
+    original = module.training_batches
+
+    def weights(prefetch: bool) -> torch.Tensor:  # on the CPU the fit draws in place; force either way
+        monkeypatch.setattr(module, "training_batches", lambda *a, **k: original(*a, **{**k, "prefetch": prefetch}))
+        torch.manual_seed(0)
+        detector = tiny(epochs=2)
+        detector.fit(train)
+        return torch.cat([p.detach().flatten() for p in detector.parameters()])
+
+    assert torch.equal(weights(False), weights(True))
 
 
 def test_fit_reuses_perturbations_from_the_second_epoch_on(mvtec_root, fake_generator):

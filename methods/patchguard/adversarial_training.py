@@ -15,6 +15,12 @@ on an `AttackObjective` with the pseudo-anomaly patch targets, parameters frozen
 saturates on a confident model (DESIGN.md, "measured while planning"), so PGD on it finds weaker
 points than the attack the model is evaluated against; `train_attack_loss="ce"` maximizes the
 (unregularized) BCE instead, the CE part of eq. 6.
+
+`train_detection_share=s` attacks the first round(s·B) images of each half of [x; x'] on the
+image score S instead (the detection objective: raise S of a normal image, lower S of a pseudo
+anomaly), the rest on the patch labels; the loss is the same patch loss. The evaluation's
+detection attack moves S across the normal/anomalous boundary even where the patch ranking
+holds, and a localization-only training attack never shows the model that.
 """
 from __future__ import annotations
 
@@ -112,12 +118,13 @@ def training_step_size(config: PatchGuardConfig, eps: float, steps: int) -> floa
 
 def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig,
                          eps: float | None = None, start: torch.Tensor | None = None,
-                         loss: FlipLoss | None = None) -> torch.Tensor:
+                         loss: FlipLoss | None = None, objective: Objective = Objective.LOCALIZATION) -> torch.Tensor:
     """PGD-`train_steps` L∞ examples flipping `targets` (B, g, g), model frozen (eval mode).
 
     `eps` defaults to `config.train_eps`; the step size stays 2.5·eps/steps (or `train_step_size`).
     `start`: adversarial images to begin at (projected onto the ball), e.g. images + a stored δ.
-    `loss`: the flip loss to maximize (default `config.train_attack_loss`).
+    `loss`: the flip loss to maximize (default `config.train_attack_loss`). `objective`
+    DETECTION flips the image score S against the image labels `image_labels(targets)` instead.
     """
     eps = config.train_eps if eps is None else eps
     step_size = training_step_size(config, eps, config.train_steps)
@@ -132,11 +139,43 @@ def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, 
     )
     attack = PGD(threat, keep_best=False)  # the last iterate, as the official code
     with frozen(detector):
-        objective = AttackObjective(
-            detector, targets.flatten(1).float(), Objective.LOCALIZATION,
-            FlipLoss.parse(config.train_attack_loss if loss is None else loss)
-        )
-        return attack.perturb(objective, images.detach(), start=start).detach()
+        units = image_labels(targets).view(-1, 1) if objective == Objective.DETECTION else targets.flatten(1).float()
+        attacked = AttackObjective(detector, units, objective,
+                                   FlipLoss.parse(config.train_attack_loss if loss is None else loss))
+        return attack.perturb(attacked, images.detach(), start=start).detach()
+
+
+def image_labels(targets: torch.Tensor) -> torch.Tensor:
+    """(B,) 1.0 for an image with an anomalous patch target, else 0.0 (`IGNORED` patches count as neither)."""
+    return (targets.flatten(1) > 0.5).any(1).float()
+
+
+def detection_rows(batch: int, share: float, device=None) -> torch.Tensor:
+    """(batch,) bool: the images of [x; x'] whose training attack flips S (`train_detection_share`).
+
+    The first round(share · half) images of each half, so normal images and pseudo anomalies in
+    equal numbers, with no random draw (a share of 0 leaves the training's RNG stream unchanged).
+    """
+    half = batch // 2
+    count = round(share * half)
+    rows = torch.zeros(batch, dtype=torch.bool, device=device)
+    rows[:count] = True
+    rows[half:half + count] = True
+    return rows
+
+
+def training_attack(detector, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig,
+                    eps: float | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
+    """The training attack on [x; x'] (2B images): patch labels, and S for `detection_rows`."""
+    on_score = detection_rows(images.shape[0], config.train_detection_share, images.device)
+    if not on_score.any():
+        return adversarial_examples(detector, images, targets, config, eps, start)
+    adversarial = torch.empty_like(images)
+    for rows, objective in ((~on_score, Objective.LOCALIZATION), (on_score, Objective.DETECTION)):
+        if rows.any():
+            adversarial[rows] = adversarial_examples(detector, images[rows], targets[rows], config, eps,
+                                                     None if start is None else start[rows], objective=objective)
+    return adversarial
 
 
 def training_batch(normal: torch.Tensor, anomalous: torch.Tensor, anomaly_masks: torch.Tensor,
@@ -168,7 +207,7 @@ def training_step(detector, optimizer, normal: torch.Tensor, anomalous: torch.Te
             # One attack on x and x' together: per-image losses, so the same examples as two
             # attacks (the official code's), with half the passes over twice the batch.
             start = None if memory is None else images + memory.recall(index).to(images)
-            adversarial = adversarial_examples(detector, images, targets, config, eps, start)
+            adversarial = training_attack(detector, images, targets, config, eps, start)
             if memory is not None:
                 memory.store(index, adversarial - images)
             if config.train_clean_loss:

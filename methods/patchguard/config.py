@@ -106,6 +106,9 @@ class PatchGuardConfig(DetectorConfig):
     train_steps: int = 10
     train_step_size: float = 0.0  # 0: 2.5·ε/steps (the official code)
     train_attack_loss: str = "margin"  # the flip loss PGD maximizes during training
+    # share of each half of the batch (normal x, pseudo anomalies x') whose training attack flips the
+    # image score S (detection objective) instead of the patch labels (0: the paper's, patch labels only)
+    train_detection_share: float = 0.0
     train_random_start: bool = False  # start the training PGD at a uniform point of the ε-ball (Madry et al.)
     train_replays: int = 0  # 0: PGD training; M: free training, M replays per batch (free_adversarial_training.py)
     train_reuse_perturbation: bool = False  # start at the image's previous δ (ATTA, perturbation_memory.py)
@@ -181,6 +184,12 @@ class PatchGuardConfig(DetectorConfig):
         if self.train_reuse_perturbation and self.train_random_start:
             raise ValueError("patchguard config: train_reuse_perturbation and train_random_start both choose where the "
                              "training PGD starts; set one of them")
+        if not 0 <= self.train_detection_share <= 1:
+            raise ValueError(f"patchguard config train_detection_share={self.train_detection_share}: expected a share "
+                             f"of the batch in [0, 1] (0: every training attack flips patch labels)")
+        if self.train_detection_share and (self.train_replays or self.train_objective == "trades"):
+            raise ValueError("patchguard config train_detection_share: only PGD training (train_objective=pgd, "
+                             "train_replays=0) attacks the image score; unset one of them")
         if self.train_objective == "trades":
             clashing = [name for name, on in (("train_replays", self.train_replays),
                                               ("train_reuse_perturbation", self.train_reuse_perturbation),
