@@ -1,20 +1,22 @@
 """Where a PatchGuard fit spends its time, and what torch.compile saves (a benchmark, not a test).
 
 python benchmarks/fit_time.py [--profile quick] [--set KEY=VALUE ...] [--steps 20] [--compile none,blocks]
-    [--category brick] [--device cpu] [--json]
+    [--category brick] [--device cpu] [--json] [--fit-epochs N]
 
 Builds the profile's PatchGuard on one `textures` category (its 64 training images, the same seed)
 and times, per optimizer step of `fit` (batch of normal images + their pseudo anomalies):
 
 - `pseudo_s`: drawing the batch's pseudo anomalies (CPU, the configured generator);
-- `attack_s`: the training attack alone (`adversarial_examples`, PGD-`train_steps`);
+- `attack_s`: the training attack alone (`training_attack`, PGD-`train_steps`);
 - `step_s`: one whole `training_step` (attack + loss + backward + AdamW); `update_s` = step − attack.
 
 each as the median over `--steps` steps after `--warmup` untimed ones, for each `--compile` mode:
 `none` (eager), `blocks` (`torch.compile` in place on the discriminator and each ViT block but the regularized
 ones, whose attention a hook reads: the state dict is unchanged). `fit_estimate_s` = (pseudo + step) × the profile's optimizer steps;
 `speedup_vs_none` compares step times measured in this one process. `compile_warmup_s` is the
-time of the warm-up steps (where compilation happens).
+time of the warm-up steps (where compilation happens). `--fit-epochs N` also times whole N-epoch fits
+with the pseudo anomalies drawn in place and prefetched by a background thread
+(`methods/patchguard/training_batches.py`; the fit prefetches on an accelerator only).
 """
 import argparse
 import json
@@ -65,7 +67,7 @@ def build(profile: str, overrides: dict, category: str, device: torch.device, se
 
 
 def time_mode(mode: str, args, overrides: dict, device: torch.device) -> dict:
-    from robustad.methods.patchguard.adversarial_training import adversarial_examples, training_batch, training_step
+    from robustad.methods.patchguard.adversarial_training import training_attack, training_batch, training_step
 
     detector, images, pseudo = build(args.profile, overrides, args.category, device, args.seed)
     config = detector.config
@@ -88,7 +90,7 @@ def time_mode(mode: str, args, overrides: dict, device: torch.device) -> dict:
         normal, anomalous, masks = normal.to(device), anomalous.to(device).float(), masks.to(device).float()
         batch, targets = training_batch(normal, anomalous, masks, config)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train_precision == "bf16"):
-            adversarial_examples(detector, batch, targets, config)
+            training_attack(detector, batch, targets, config)
         synchronize(device)
         t2 = time.perf_counter()
         training_step(detector, optimizer, normal, anomalous, masks)
@@ -104,6 +106,35 @@ def time_mode(mode: str, args, overrides: dict, device: torch.device) -> dict:
     result["fit_estimate_s"] = (result["pseudo_s"] + result["step_s"]) * steps_per_epoch * config.epochs
     result["compile_warmup_s"] = warmup_s
     return result
+
+
+def time_fits(args, overrides: dict, device: torch.device) -> dict:
+    """Seconds of whole `--fit-epochs` fits with the batches drawn in place and prefetched by a thread.
+
+    The fit chooses by device (prefetched on an accelerator); both are forced here, after a
+    one-epoch warm-up fit, and give the same model (tests/test_patchguard.py).
+    """
+    from robustad.methods.patchguard import detector as module
+
+    original = module.training_batches
+    seconds = {}
+    try:
+        for mode, prefetch in (("warmup", False), ("in_place", False), ("prefetched", True)):
+            module.training_batches = lambda *a, _p=prefetch, **k: original(*a, **{**k, "prefetch": _p})
+            epochs = 1 if mode == "warmup" else args.fit_epochs
+            torch.manual_seed(args.seed)
+            detector = create_method("patchguard", profile=args.profile, **{**overrides, "epochs": str(epochs)})
+            detector.to(device)
+            train = create_dataset("textures", category=args.category, split="train", image_size=detector.image_size)
+            synchronize(device)
+            start = time.perf_counter()
+            detector.fit(train)
+            synchronize(device)
+            seconds[mode] = time.perf_counter() - start
+    finally:
+        module.training_batches = original
+    return {"fit_epochs": args.fit_epochs, "fit_in_place_s": seconds["in_place"],
+            "fit_prefetched_s": seconds["prefetched"], "prefetch_speedup": seconds["in_place"] / seconds["prefetched"]}
 
 
 def synchronize(device: torch.device) -> None:
@@ -122,6 +153,8 @@ def main():
     parser.add_argument("--compile", default="none,blocks", help=f"comma list of {', '.join(COMPILE_MODES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--fit-epochs", type=int, default=0,
+                        help="also time whole fits of N epochs, batches drawn in place and prefetched (0: no)")
     args = parser.parse_args()
     modes = [m.strip() for m in args.compile.split(",") if m.strip()]
     for mode in modes:
@@ -142,6 +175,8 @@ def main():
             result["speedup_vs_none"] = results["none"]["step_s"] / result["step_s"]
     report = {"profile": args.profile, "overrides": overrides, "category": args.category, "device": str(device),
               "threads": torch.get_num_threads(), "steps": args.steps, "modes": results}
+    if args.fit_epochs:
+        report["fits"] = time_fits(args, overrides, device)
     if args.json:
         print(json.dumps(report))
         return
@@ -153,6 +188,10 @@ def main():
         print(f"{mode:8} {r['pseudo_s']:9.4f} {r['attack_s']:9.4f} {r['update_s']:9.4f} {r['step_s']:8.4f} "
               f"{r['fit_estimate_s']:10.0f} {r.get('speedup_vs_none', float('nan')):8.2f} "
               f"{r['compile_warmup_s']:9.1f}")
+    if args.fit_epochs:
+        fits = report["fits"]
+        print(f"{args.fit_epochs}-epoch fit: batches drawn in place {fits['fit_in_place_s']:.1f} s, prefetched "
+              f"{fits['fit_prefetched_s']:.1f} s ({fits['prefetch_speedup']:.2f}x)")
 
 
 if __name__ == "__main__":

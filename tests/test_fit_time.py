@@ -28,3 +28,26 @@ def test_block_compile_keeps_the_state_dict_and_the_regularized_block_eager():
     compiled = [getattr(block, "_compiled_call_impl", None) is not None for block in net.vit.blocks]
     assert compiled == [True, True, False]
     assert net.head._compiled_call_impl is not None
+
+
+def test_whole_fits_are_timed_both_ways_and_the_fit_is_left_as_it_was():
+    from robustad.methods.patchguard import detector as module
+
+    script = load_benchmark("fit_time")
+    original = module.training_batches
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["prefetch"])
+        return original(*args, **kwargs)
+
+    module.training_batches = spy
+    try:
+        args = SimpleNamespace(profile="quick", category="brick", seed=0, fit_epochs=1)
+        result = script.time_fits(args, {"vit_depth": "1", "train_steps": "1"}, torch.device("cpu"))
+        assert module.training_batches is spy  # put back
+    finally:
+        module.training_batches = original
+    assert calls == [False, False, True]  # warm-up, in place, prefetched: each forced, whatever the device
+    assert result["fit_in_place_s"] > 0 and result["fit_prefetched_s"] > 0
+    assert result["prefetch_speedup"] == result["fit_in_place_s"] / result["fit_prefetched_s"]

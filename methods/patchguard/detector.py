@@ -24,6 +24,7 @@ from robustad.methods.patchguard.free_adversarial_training import free_training_
 from robustad.methods.patchguard.model import PatchGuardNet
 from robustad.methods.patchguard.perturbation_memory import PerturbationMemory
 from robustad.methods.patchguard.trades_training import trades_training_step
+from robustad.methods.patchguard.training_batches import training_batches
 from robustad.methods.registry import register_method
 
 
@@ -182,27 +183,29 @@ class PatchGuard(Detector):
             memory = PerturbationMemory(len(images), tuple(images.shape[1:]), device)
         batch_size = min(config.batch_size, len(images))
         steps_per_epoch = max(1, len(images) // batch_size)  # drop the last partial batch
-        progress = tqdm(range(config.epochs), desc="patchguard fit", disable=None)
-        for epoch in progress:
-            order = torch.randperm(len(images), generator=generator)
-            total = 0.0
-            for step in range(steps_per_epoch):
-                index = order[step * batch_size:(step + 1) * batch_size]
-                normal = images[index]
-                anomalous, masks = pseudo(normal, index, generator)
-                total += step_function(self, optimizer, normal.to(device), anomalous.to(device).float(),
-                                       masks.to(device).float(), eps=training_eps(config, epoch / config.epochs),
-                                       memory=memory, index=index)
-                if average is not None:
-                    average.update_parameters(self.net)
+        progress = tqdm(total=config.epochs, desc="patchguard fit", disable=None)
+        total = 0.0
+        # on an accelerator, the next batches' pseudo anomalies are drawn while this one trains (same draws)
+        for batch in training_batches(images, pseudo, generator, batch_size, config.epochs,
+                                      prefetch=device.type != "cpu"):
+            total += step_function(self, optimizer, batch.normal.to(device), batch.anomalous.to(device).float(),
+                                   batch.masks.to(device).float(), eps=training_eps(config, batch.epoch / config.epochs),
+                                   memory=memory, index=batch.index)
+            if average is not None:
+                average.update_parameters(self.net)
+            if batch.step < steps_per_epoch - 1:
+                continue
             if not math.isfinite(total):
                 raise FloatingPointError(
-                    f"patchguard.fit diverged: the training loss is {total} in epoch {epoch + 1} of {config.epochs} "
+                    f"patchguard.fit diverged: the training loss is {total} in epoch {batch.epoch + 1} of {config.epochs} "
                     f"(train_precision={config.train_precision}, lr={config.lr}); try --config "
                     f"train_precision=fp32 or a lower lr"
                 )
             schedule.step()
+            progress.update(1)
             progress.set_postfix(loss=f"{total / steps_per_epoch:.3g}")
+            total = 0.0
+        progress.close()
         if average is not None:
             self.net.load_state_dict(average.module.state_dict())
         self.eval()
