@@ -2,7 +2,7 @@
 
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
     [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N] [--profile long|paper]
-    [--pseudo-anomalies test-defects|mixed] [--top-k 1,5,16,64]
+    [--pseudo-anomalies test-defects|mixed] [--top-k 1,5,16,64] [--image-by-kind]
 The `quick` profile (default) fits the ~10 minutes of a 2-core CPU; `--profile long` (width 192, 900
 epochs) about an hour there; `--profile paper` (ViT-S, 224 px, PGD-10 training, 300 epochs) needs a
 GPU (`--device cuda`).
@@ -15,6 +15,7 @@ their pseudo anomalies ("heldout") says which part does not: unseen normal image
 "test" gives it on the real defects, by group and by defect kind. --top-k re-scores the same model
 with S(x) = mean of the top k patch logits for each k and gives image AUROC clean and under PGD-N,
 detection and localization objective: is the image score's k what an attack on it exploits?
+--image-by-kind gives image AUROC per defect kind, clean and under PGD-N on the image score.
 """
 import argparse
 import json
@@ -59,6 +60,9 @@ def main():
                          "process (a diagnostic, textures_defect_generator.py); mixed: each image one or the other")
     ap.add_argument("--top-k", default="", help="comma list of k: image AUROC with S = mean of the top-k patch "
                                                 "logits, clean and under PGD-N, for each k (the model is not retrained)")
+    ap.add_argument("--image-by-kind", action="store_true",
+                    help="image AUROC of each defect kind's images against the normal ones, clean and under "
+                         "PGD-N on the image score (detection objective)")
     args = ap.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.set)
     top_ks = parse_top_ks(args.top_k)
@@ -99,6 +103,8 @@ def main():
                 res[f"test_patch_auroc_pgd{steps}"] = test_set_auroc(det, test, steps, device)
             if top_ks:
                 res[f"image_auroc_by_top_k_pgd{steps}"] = image_auroc_by_top_k(det, test, steps, device, top_ks)
+            if args.image_by_kind:
+                res[f"image_auroc_by_kind_pgd{steps}"] = image_auroc_by_kind(det, test, steps, device)
         res["n_test"] = ev["n_test"]
         print(json.dumps(res), flush=True)
 
@@ -212,6 +218,32 @@ def test_set_auroc(det, dataset, steps: int, device) -> dict:
             keep = torch.as_tensor((kinds == kind) | (kinds == "good"))
             breakdown["by_kind"][kind] = patch_auroc_breakdown(logits[keep], m.cpu()[keep], labels.cpu()[keep])["all"]
         result[name] = breakdown
+    return result
+
+
+def image_auroc_by_kind(det, dataset, steps: int, device) -> dict:
+    """{kind: [clean, PGD-`steps`] image AUROC} of one defect kind's images against the normal ones.
+
+    The attack is the detection objective on S (each image attacked once, all kinds together), so
+    it says which defects the image score stops telling from normal images. "all" is every kind.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    items = [dataset[i] for i in range(len(dataset))]
+    x = torch.stack([item["image"].float() for item in items]).to(device)
+    m = torch.stack([item["mask"].float() for item in items]).to(device)
+    labels = torch.tensor([float(item["label"]) for item in items], device=device)
+    kinds = np.array([Path(item["path"]).parent.name for item in items])
+    adv = create_attack(f"pgd-{steps}", objective="detection")(det, x, m, labels)
+    scores = {}
+    for name, images in (("clean", x), ("adv", adv)):
+        with torch.no_grad():
+            scores[name] = det.score(det(images)).float().cpu().numpy()
+    result = {}
+    for kind in ["all"] + sorted(set(kinds) - {"good"}):
+        keep = (kinds == "good") | ((kinds != "good") if kind == "all" else (kinds == kind))
+        truth = labels.cpu().numpy()[keep]
+        result[kind] = [100 * roc_auc_score(truth, scores[name][keep]) for name in ("clean", "adv")]
     return result
 
 

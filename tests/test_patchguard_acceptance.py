@@ -78,6 +78,36 @@ def test_test_set_check_splits_the_real_defects_by_kind(monkeypatch):
     assert result["clean"]["all"] == pytest.approx(50.0) and result["adv"] == result["clean"]
 
 
+def test_image_auroc_by_kind_compares_each_kind_with_the_normal_images_under_the_detection_attack(monkeypatch):
+    script = load_script()
+    objectives = []
+
+    def create_attack(name, objective):  # the attack brightens the normal images past every defect
+        objectives.append((name, objective))
+        return lambda det, x, m, labels: x + 0.7 * (1 - labels).view(-1, 1, 1, 1)
+
+    monkeypatch.setattr(script, "create_attack", create_attack)
+    items = []
+    for kind, value in (("good", 0.5), ("good", 0.4), ("bright", 1.0), ("dark", 0.0)):
+        image, mask = torch.full((3, 8, 8), 0.5 if kind == "good" else 0.3), torch.zeros(1, 8, 8)
+        image[:, :4, :4] = value
+        mask[:, :4, :4] = float(kind != "good")
+        items.append({"image": image, "mask": mask, "label": int(kind != "good"), "path": f"/data/test/{kind}/0.png"})
+
+    class Brightest:  # S = the brightest 4x4 patch
+        def __call__(self, x):
+            return torch.nn.functional.avg_pool2d(x[:, :1], 4)[:, 0]
+
+        def score(self, logits):
+            return logits.flatten(1).amax(1)
+
+    result = script.image_auroc_by_kind(Brightest(), items, 7, "cpu")
+    assert objectives == [("pgd-7", "detection")]
+    assert result["bright"] == pytest.approx([100.0, 0.0])
+    assert result["dark"] == pytest.approx([0.0, 0.0])  # its brightest patch, 0.3, is below both normal images
+    assert result["all"] == pytest.approx([50.0, 0.0])
+
+
 def test_top_k_rescoring_evaluates_each_k_and_restores_the_config(monkeypatch):
     from types import SimpleNamespace
 
