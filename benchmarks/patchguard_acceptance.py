@@ -225,7 +225,8 @@ def image_auroc_by_kind(det, dataset, steps: int, device) -> dict:
     """{kind: [clean, PGD-`steps`] image AUROC} of one defect kind's images against the normal ones.
 
     The attack is the detection objective on S (each image attacked once, all kinds together), so
-    it says which defects the image score stops telling from normal images. "all" is every kind.
+    it says which defects the image score stops telling from normal images. "all" is every kind;
+    "median_score" gives the median S of the normal and of the anomalous images, clean and attacked.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -244,6 +245,9 @@ def image_auroc_by_kind(det, dataset, steps: int, device) -> dict:
         keep = (kinds == "good") | ((kinds != "good") if kind == "all" else (kinds == kind))
         truth = labels.cpu().numpy()[keep]
         result[kind] = [100 * roc_auc_score(truth, scores[name][keep]) for name in ("clean", "adv")]
+    anomalous = labels.cpu().numpy() > 0.5
+    result["median_score"] = {group: [float(np.median(scores[name][keep])) for name in ("clean", "adv")]
+                              for group, keep in (("normal", ~anomalous), ("anomalous", anomalous))}
     return result
 
 

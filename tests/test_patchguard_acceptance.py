@@ -106,6 +106,8 @@ def test_image_auroc_by_kind_compares_each_kind_with_the_normal_images_under_the
     assert result["bright"] == pytest.approx([100.0, 0.0])
     assert result["dark"] == pytest.approx([0.0, 0.0])  # its brightest patch, 0.3, is below both normal images
     assert result["all"] == pytest.approx([50.0, 0.0])
+    assert result["median_score"]["normal"] == pytest.approx([0.5, 1.2])  # both S = 0.5, then +0.7
+    assert result["median_score"]["anomalous"] == pytest.approx([0.65, 0.65])  # 1.0 and 0.3, not attacked
 
 
 def test_top_k_rescoring_evaluates_each_k_and_restores_the_config(monkeypatch):
