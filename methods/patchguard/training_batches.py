@@ -1,11 +1,12 @@
 """The stream of PatchGuard's training batches: normal images and their pseudo anomalies, epoch by epoch.
 
 Each epoch draws a fresh order of the training images from `generator` (the last partial batch is
-dropped) and, for each batch, its pseudo anomalies. Drawing them is CPU work: on a GPU it is about a
+dropped) and, for each batch, its pseudo anomalies. Drawing them is CPU work: on a GPU it is a
 sixth to a quarter of an optimizer step of the `paper` profile (benchmarks/fit_time.py on an H200:
 0.041-0.093 s of 0.30-0.35 s). With `prefetch` a background thread draws the next batches while
-the caller trains on this one (H200, `paper`: a fit 1.15-1.19x faster). Every draw from `generator` happens in the same order in both modes and the pseudo-anomaly
-generators draw from nothing else, so a fit gives the same model either way.
+the caller trains on this one (H200, `paper`: a fit 1.15-1.19x faster). Every draw from
+`generator` happens in the same order in both modes and the pseudo-anomaly generators draw from
+nothing else, so a fit gives the same model either way.
 """
 from __future__ import annotations
 
