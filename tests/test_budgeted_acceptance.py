@@ -1,4 +1,6 @@
 """benchmarks/budgeted_acceptance.py: the epochs it chooses so that every variant trains and is evaluated in time."""
+import json
+
 import pytest
 
 from tests.benchmark_scripts import load_benchmark
@@ -41,3 +43,35 @@ def test_epochs_in_the_overrides_are_refused(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         script.main()
     assert "--set epochs" in capsys.readouterr().err
+
+
+def test_max_epochs_replaces_the_profiles_cap_and_each_variant_runs_with_the_plan(tmp_path, monkeypatch):
+    script = load_benchmark("budgeted_acceptance")
+    commands = []
+
+    def run_json(command, log):  # no subprocess: fit_time's timing, then one result per variant
+        commands.append(command)
+        if command[1].endswith("fit_time.py"):
+            return [{"modes": {"none": TIMING}}]
+        return [{"variant": command[command.index("--variants") + 1]}]
+
+    monkeypatch.setattr(script, "run_json", run_json)
+    monkeypatch.setattr(script, "preset", lambda profile, overrides: {"epochs": 300, "train_steps": 10,
+                                                                       "batch_size": 16})
+    monkeypatch.setattr("sys.argv", ["budgeted_acceptance.py", "--budget-s", "1e7", "--out", str(tmp_path),
+                                     "--max-epochs", "1500", "--set", "train_precision=bf16"])
+    script.main()
+    assert commands[1][-2:] == ["train_precision=bf16", "epochs=1500"]
+    assert [c[c.index("--variants") + 1] for c in commands[1:]] == ["adv", "clean"]
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["variant"] for line in lines] == ["adv", "clean"]
+    assert json.loads((tmp_path / "plan.json").read_text())["epochs"] == 1500
+
+
+def test_a_negative_max_epochs_is_refused(tmp_path, monkeypatch, capsys):
+    script = load_benchmark("budgeted_acceptance")
+    monkeypatch.setattr("sys.argv", ["budgeted_acceptance.py", "--budget-s", "60", "--out", str(tmp_path),
+                                     "--max-epochs", "-5"])
+    with pytest.raises(SystemExit):
+        script.main()
+    assert "--max-epochs -5" in capsys.readouterr().err
