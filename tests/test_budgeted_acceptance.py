@@ -36,13 +36,14 @@ def test_a_budget_below_the_evaluations_gives_no_epochs():
     assert plan(10)["epochs"] == 0
 
 
-def test_epochs_in_the_overrides_are_refused(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("option, named", [(["--set", "epochs=5"], "--set epochs"),
+                                           (["--max-epochs", "-5"], "--max-epochs -5")])
+def test_epochs_in_the_overrides_or_a_negative_cap_are_refused(tmp_path, monkeypatch, capsys, option, named):
     script = load_benchmark("budgeted_acceptance")
-    monkeypatch.setattr("sys.argv", ["budgeted_acceptance.py", "--budget-s", "60", "--out", str(tmp_path),
-                                     "--set", "epochs=5"])
+    monkeypatch.setattr("sys.argv", ["budgeted_acceptance.py", "--budget-s", "60", "--out", str(tmp_path), *option])
     with pytest.raises(SystemExit):
         script.main()
-    assert "--set epochs" in capsys.readouterr().err
+    assert named in capsys.readouterr().err
 
 
 def test_max_epochs_replaces_the_profiles_cap_and_each_variant_runs_with_the_plan(tmp_path, monkeypatch):
@@ -67,11 +68,3 @@ def test_max_epochs_replaces_the_profiles_cap_and_each_variant_runs_with_the_pla
     assert [json.loads(line)["variant"] for line in lines] == ["adv", "clean"]
     assert json.loads((tmp_path / "plan.json").read_text())["epochs"] == 1500
 
-
-def test_a_negative_max_epochs_is_refused(tmp_path, monkeypatch, capsys):
-    script = load_benchmark("budgeted_acceptance")
-    monkeypatch.setattr("sys.argv", ["budgeted_acceptance.py", "--budget-s", "60", "--out", str(tmp_path),
-                                     "--max-epochs", "-5"])
-    with pytest.raises(SystemExit):
-        script.main()
-    assert "--max-epochs -5" in capsys.readouterr().err
