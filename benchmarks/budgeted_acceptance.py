@@ -6,9 +6,9 @@ python benchmarks/budgeted_acceptance.py --budget-s 540 --out DIR [--profile pap
 For a lent GPU (a few minutes, one try): times a few optimizer steps of the profile's fit
 (`fit_time.py`), picks the most epochs (at most the profile's, or `--max-epochs`) that let every
 variant train and be evaluated inside `--budget-s`, then runs `patchguard_acceptance.py` once per
-variant with that `epochs`. Writes DIR/timing.json, DIR/plan.json and one JSON line per finished variant to
-DIR/results.jsonl, each as soon as it is known, so a run cut short keeps what it finished. All
-variants get the same epochs: the clean-trained model is the same model trained clean.
+variant with that `epochs`. Writes DIR/timing.json, DIR/plan.json and one JSON line per finished
+variant to DIR/results.jsonl, each as soon as it is known, so a run cut short keeps what it
+finished. All variants get the same epochs: the clean-trained model is the same model trained clean.
 """
 import argparse
 import json

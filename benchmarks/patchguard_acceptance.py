@@ -202,11 +202,7 @@ def test_set_auroc(det, dataset, steps: int, device) -> dict:
     The groups are `patch_auroc_breakdown`'s; "by_kind" compares the normal patches of the normal
     images and of one defect kind's images (the folder name under test/) with that kind's anomalous ones.
     """
-    items = [dataset[i] for i in range(len(dataset))]
-    x = torch.stack([item["image"].float() for item in items]).to(device)
-    m = torch.stack([item["mask"].float() for item in items]).to(device)
-    labels = torch.tensor([float(item["label"]) for item in items], device=device)
-    kinds = np.array([Path(item["path"]).parent.name for item in items])
+    x, m, labels, kinds = load_test_set(dataset, device)
     adv = create_attack(f"pgd-{steps}")(det, x, m, labels)
     result = {}
     for name, images in (("clean", x), ("adv", adv)):
@@ -221,6 +217,16 @@ def test_set_auroc(det, dataset, steps: int, device) -> dict:
     return result
 
 
+def load_test_set(dataset, device) -> tuple:
+    """The test set as images (B, 3, H, W), masks (B, 1, H, W), labels (B,) on `device`, and each
+    image's kind (the folder name under test/, "good" for normal images) as a numpy array."""
+    items = [dataset[i] for i in range(len(dataset))]
+    x = torch.stack([item["image"].float() for item in items]).to(device)
+    m = torch.stack([item["mask"].float() for item in items]).to(device)
+    labels = torch.tensor([float(item["label"]) for item in items], device=device)
+    return x, m, labels, np.array([Path(item["path"]).parent.name for item in items])
+
+
 def image_auroc_by_kind(det, dataset, steps: int, device) -> dict:
     """{kind: [clean, PGD-`steps`] image AUROC} of one defect kind's images against the normal ones.
 
@@ -230,11 +236,7 @@ def image_auroc_by_kind(det, dataset, steps: int, device) -> dict:
     """
     from sklearn.metrics import roc_auc_score
 
-    items = [dataset[i] for i in range(len(dataset))]
-    x = torch.stack([item["image"].float() for item in items]).to(device)
-    m = torch.stack([item["mask"].float() for item in items]).to(device)
-    labels = torch.tensor([float(item["label"]) for item in items], device=device)
-    kinds = np.array([Path(item["path"]).parent.name for item in items])
+    x, m, labels, kinds = load_test_set(dataset, device)
     adv = create_attack(f"pgd-{steps}", objective="detection")(det, x, m, labels)
     scores = {}
     for name, images in (("clean", x), ("adv", adv)):
