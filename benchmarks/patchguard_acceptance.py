@@ -87,7 +87,8 @@ def main():
         if args.save_dir and not args.checkpoint:
             args.save_dir.mkdir(parents=True, exist_ok=True)
             det.save_checkpoint(args.save_dir / f"{args.label or 'run'}-{variant}-seed{args.seed}.pt")
-        res = {"label": args.label, "variant": variant, "profile": args.profile, "overrides": {**overrides, **extra},
+        res = {"label": args.label, "variant": variant, "profile": args.profile, "seed": args.seed,
+               "overrides": {**overrides, **extra},
                "pseudo_anomalies": args.pseudo_anomalies,
                "fit_s": round(fit_s, 1), "n_train": len(train)}
         for steps in [int(s) for s in args.steps.split(",")]:

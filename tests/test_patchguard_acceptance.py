@@ -1,4 +1,7 @@
 """benchmarks/patchguard_acceptance.py: the patch AUROC breakdown of its training-distribution check."""
+import json
+import sys
+
 import pytest
 import torch
 
@@ -141,3 +144,25 @@ def test_top_k_option_is_parsed_or_refused_naming_it():
     for bad in ("0,5", "five", "1.5"):
         with pytest.raises(SystemExit, match="--top-k"):
             parse(bad)
+
+
+# A PatchGuard small enough to fit and attack in seconds: one block of width 24, one epoch, no Grad-CAM.
+TINY = ["epochs=1", "vit_embed_dim=24", "vit_depth=1", "vit_heads=1", "disc_heads=1", "disc_mlp_dim=16",
+        "train_steps=1", "foreground=full", "train_precision=fp32"]
+
+
+def test_a_run_prints_one_record_per_variant_naming_its_seed_and_saves_each_model(monkeypatch, capsys, tmp_path):
+    argv = ["patchguard_acceptance.py", "--variants", "adv,clean", "--steps", "1", "--seed", "3",
+            "--label", "tiny", "--save-dir", str(tmp_path), "--set", *TINY]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_script().main()
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["label"], r["variant"], r["seed"], r["profile"]) for r in records] == [
+        ("tiny", "adv", 3, "quick"), ("tiny", "clean", 3, "quick")]
+    assert "adv_train" not in records[0]["overrides"] and records[1]["overrides"]["adv_train"] == "false"
+    for record in records:
+        for objective in ("localization_pgd1", "detection_pgd1"):
+            for split in ("clean", "adv"):
+                for metric in ("image_auroc", "pixel_auroc"):
+                    assert 0 <= record[objective][split][metric] <= 100
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny-adv-seed3.pt", "tiny-clean-seed3.pt"]

@@ -336,9 +336,9 @@ QUICK = PatchGuardConfig(
 )
 
 # `long`: quick with twice the width and three times the epochs, the one CPU setting measured so far
-# that keeps most of its pixel AUROC under attack (textures/brick, PGD-100, seeds 0 / 1: 96.9 -> 68.9,
-# 98.3 -> 68.2; image AUROC under the localization attack 95.5 -> 44.7, 92.0 -> 46.7; trained clean
-# 98.8 -> 3.0, image 95.3 -> 0.8). Fit 4577 / 3687 s on 2 cores (clean: 875 s);
+# that keeps most of its pixel AUROC under attack (textures/brick, PGD-100, seeds 0 / 1 / 2: 96.9 -> 68.9,
+# 98.3 -> 68.2, 98.3 -> 63.0; image AUROC under the localization attack 95.5 -> 44.7, 92.0 -> 46.7,
+# 92.0 -> 34.3; trained clean 98.8 -> 3.0, image 95.3 -> 0.8). Fit 4577 / 3687 / 3176 s on 2 cores (clean: 875 s);
 # benchmarks/patchguard_acceptance.py --profile long --variants adv,clean --steps 20,100.
 LONG = dataclasses.replace(QUICK, vit_embed_dim=192, epochs=900)
 
