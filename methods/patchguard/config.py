@@ -336,12 +336,12 @@ QUICK = PatchGuardConfig(
 )
 
 # `long`: quick with twice the width and three times the epochs, the one CPU setting measured so far
-# that keeps most of its pixel AUROC under attack (textures/brick, PGD-100, seeds 0 / 1 / 2: 96.9 -> 68.9,
+# that keeps most of its pixel AUROC under PGD (textures/brick, PGD-100, seeds 0 / 1 / 2: 96.9 -> 68.9,
 # 98.3 -> 68.2, 98.3 -> 63.0; image AUROC under the localization attack 95.5 -> 44.7, 92.0 -> 46.7,
 # 92.0 -> 34.3; trained clean 98.8 -> 3.0, image 95.3 -> 0.8). Fit 4577 / 3687 / 3176 s on 2 cores (clean: 875 s);
 # benchmarks/patchguard_acceptance.py --profile long --variants adv,clean --steps 20,100.
-# Under PGD only: AutoAttack takes the seed-2 model's pixel AUROC to 49.4 (Square-5000 alone 58.7,
-# PGD-1000 60.5; `bench run --profile long --seed 2 --attack autoattack`, benchmarks/README.md).
+# Under PGD only: AutoAttack-20 takes pixel AUROC to 42.8 / 54.9 / 49.4 (seeds 0 / 1 / 2; on seed 2
+# Square-5000 alone 58.7, PGD-1000 60.5; `bench run --profile long --seed N --attack autoattack`).
 LONG = dataclasses.replace(QUICK, vit_embed_dim=192, epochs=900)
 
 PROFILES = {Profile.PAPER: PAPER, Profile.QUICK: QUICK, Profile.LONG: LONG}
