@@ -1,4 +1,4 @@
-"""benchmarks/patchguard_acceptance.py: the patch AUROC breakdown of its training-distribution check."""
+"""benchmarks/patchguard_acceptance.py: the breakdowns of its checks, and a whole run on a tiny PatchGuard."""
 import json
 import sys
 
