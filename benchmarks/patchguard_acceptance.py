@@ -2,7 +2,7 @@
 
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
     [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N] [--profile long|paper]
-    [--pseudo-anomalies test-defects|mixed] [--top-k 1,5,16,64] [--image-by-kind]
+    [--pseudo-anomalies test-defects|mixed] [--top-k 1,5,16,64] [--image-by-kind] [--attacks autoattack-20,...]
 The `quick` profile (default) fits the ~10 minutes of a 2-core CPU; `--profile long` (width 192, 900
 epochs) about an hour there; `--profile paper` (ViT-S, 224 px, PGD-10 training, 300 epochs) needs a
 GPU (`--device cuda`).
@@ -16,6 +16,8 @@ their pseudo anomalies ("heldout") says which part does not: unseen normal image
 with S(x) = mean of the top k patch logits for each k and gives image AUROC clean and under PGD-N,
 detection and localization objective: is the image score's k what an attack on it exploits?
 --image-by-kind gives image AUROC per defect kind, clean and under PGD-N on the image score.
+--attacks evaluates the same model under other attacks of the suite too (localization objective,
+as `bench run --attack NAME`): PGD alone can overstate robustness where the gradient is masked.
 """
 import argparse
 import json
@@ -63,7 +65,11 @@ def main():
     ap.add_argument("--image-by-kind", action="store_true",
                     help="image AUROC of each defect kind's images against the normal ones, clean and under "
                          "PGD-N on the image score (detection objective)")
+    ap.add_argument("--attacks", default="",
+                    help="comma list of the suite's attacks (as bench run's --attack, e.g. autoattack-20,square-5000)"
+                         ": clean and adversarial image/pixel AUROC under each, localization objective")
     args = ap.parse_args()
+    attack_names = parse_attack_names(args.attacks)
     overrides = dict(kv.split("=", 1) for kv in args.set)
     top_ks = parse_top_ks(args.top_k)
     if args.pseudo_anomalies != "config":
@@ -106,8 +112,24 @@ def main():
                 res[f"image_auroc_by_top_k_pgd{steps}"] = image_auroc_by_top_k(det, test, steps, device, top_ks)
             if args.image_by_kind:
                 res[f"image_auroc_by_kind_pgd{steps}"] = image_auroc_by_kind(det, test, steps, device)
+        for name in attack_names:
+            t0 = time.perf_counter()
+            ev = evaluate(det, test, create_attack(name, seed=args.seed), batch_size=16, device=device, progress=False)
+            res[f"localization_{name}"] = {"clean": ev["clean"], "adv": ev["adversarial"],
+                                           "eval_s": round(time.perf_counter() - t0, 1)}
         res["n_test"] = ev["n_test"]
         print(json.dumps(res), flush=True)
+
+
+def parse_attack_names(text: str) -> list[str]:
+    """Checks each name of --attacks before any training: a typo found after an hour's fit loses the fit."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    for name in names:
+        try:
+            create_attack(name)
+        except (KeyError, ValueError) as err:
+            raise SystemExit(f"--attacks {name!r}: {err}") from None
+    return names
 
 
 def parse_top_ks(text: str) -> list[int]:

@@ -166,3 +166,22 @@ def test_a_run_prints_one_record_per_variant_naming_its_seed_and_saves_each_mode
                 for metric in ("image_auroc", "pixel_auroc"):
                     assert 0 <= record[objective][split][metric] <= 100
     assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny-adv-seed3.pt", "tiny-clean-seed3.pt"]
+
+
+def test_attacks_adds_each_named_attack_of_the_suite_to_the_record(monkeypatch, capsys):
+    argv = ["patchguard_acceptance.py", "--variants", "adv", "--steps", "1", "--attacks", "fgsm,pgd-2",
+            "--set", *TINY]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_script().main()
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    for key in ("localization_fgsm", "localization_pgd-2"):
+        assert record[key]["clean"] == record["localization_pgd1"]["clean"]  # same model, same test set
+        assert 0 <= record[key]["adv"]["pixel_auroc"] <= 100
+
+
+def test_an_unknown_attack_is_refused_before_any_training(monkeypatch):
+    script = load_script()
+    monkeypatch.setattr(script, "create_method", lambda *a, **k: pytest.fail("trained before checking --attacks"))
+    monkeypatch.setattr(sys, "argv", ["patchguard_acceptance.py", "--attacks", "fgsm,autoatack-20"])
+    with pytest.raises(SystemExit, match="--attacks 'autoatack-20': unknown attack"):
+        script.main()
