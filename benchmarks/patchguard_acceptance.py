@@ -67,7 +67,8 @@ def main():
                          "PGD-N on the image score (detection objective)")
     ap.add_argument("--attacks", default="",
                     help="comma list of the suite's attacks (as bench run's --attack, e.g. autoattack-20,square-5000)"
-                         ": clean and adversarial image/pixel AUROC under each, localization objective")
+                         ": clean and adversarial image/pixel AUROC under each, localization objective; a name "
+                         "without -STEPS takes the attack's own default, not the profile's 20")
     args = ap.parse_args()
     attack_names = parse_attack_names(args.attacks)
     overrides = dict(kv.split("=", 1) for kv in args.set)
