@@ -3,6 +3,7 @@
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
     [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N] [--profile long|paper]
     [--pseudo-anomalies test-defects|mixed] [--top-k 1,5,16,64] [--image-by-kind] [--attacks autoattack-20,...]
+    [--curve-every N]
 The `quick` profile (default) fits the ~10 minutes of a 2-core CPU; `--profile long` (width 192, 900
 epochs) about an hour there; `--profile paper` (ViT-S, 224 px, PGD-10 training, 300 epochs) needs a
 GPU (`--device cuda`).
@@ -18,6 +19,10 @@ detection and localization objective: is the image score's k what an attack on i
 --image-by-kind gives image AUROC per defect kind, clean and under PGD-N on the image score.
 --attacks evaluates the same model under other attacks of the suite too (localization objective,
 as `bench run --attack NAME`): PGD alone can overstate robustness where the gradient is masked.
+--curve-every N measures the model every N epochs of its fit (and at the last): test image/pixel
+AUROC clean and under PGD-N (localization) for each N of --steps, and the patch AUROC on pseudo
+anomalies of the test set's normal images under the first (no real defect: what a validation set
+could see). Does robustness rise with training to the end, or peak and fall (robust overfitting)?
 """
 import argparse
 import json
@@ -69,8 +74,16 @@ def main():
                     help="comma list of the suite's attacks (as bench run's --attack, e.g. autoattack-20,square-5000)"
                          ": clean and adversarial image/pixel AUROC under each, localization objective; a name "
                          "without -STEPS takes the attack's own default, not the profile's 20")
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="every N epochs of the fit (and at its end), measure the model under --steps: a learning "
+                         "curve, written as \"curve\" (0: none)")
     args = ap.parse_args()
     attack_names = parse_attack_names(args.attacks)
+    if args.curve_every < 0:
+        raise SystemExit(f"--curve-every {args.curve_every}: expected a number of epochs >= 1 (0: no curve)")
+    if args.curve_every and args.checkpoint:
+        raise SystemExit("--curve-every measures a fit as it trains; it cannot follow --checkpoint, which does not train")
+    step_counts = [int(s) for s in args.steps.split(",")]
     overrides = dict(kv.split("=", 1) for kv in args.set)
     top_ks = parse_top_ks(args.top_k)
     if args.pseudo_anomalies != "config":
@@ -86,8 +99,16 @@ def main():
         test = create_dataset("textures", category=args.category, split="test", image_size=det.image_size)
         det.to(device)
         t0 = time.perf_counter()
+        curve = []
         if args.checkpoint:
             det.load_checkpoint(args.checkpoint)  # refused, naming the fields, if --set differs
+        elif args.curve_every:
+            def after_epoch(epoch):
+                if epoch % args.curve_every == 0 or epoch == det.config.epochs:
+                    curve.append({"epoch": epoch, **learning_curve_point(det, test, step_counts, device)})
+                    print(json.dumps({"variant": variant, "curve_point": curve[-1]}), file=sys.stderr, flush=True)
+
+            det.fit(train, after_epoch=after_epoch)
         else:
             det.fit(train)
         fit_s = time.perf_counter() - t0
@@ -98,7 +119,9 @@ def main():
                "overrides": {**overrides, **extra},
                "pseudo_anomalies": args.pseudo_anomalies,
                "fit_s": round(fit_s, 1), "n_train": len(train)}
-        for steps in [int(s) for s in args.steps.split(",")]:
+        if curve:
+            res["curve"] = curve
+        for steps in step_counts:
             for objective in ("localization", "detection"):
                 attack = create_attack(f"pgd-{steps}", objective=objective)
                 t0 = time.perf_counter()
@@ -120,6 +143,23 @@ def main():
                                            "eval_s": round(time.perf_counter() - t0, 1)}
         res["n_test"] = ev["n_test"]
         print(json.dumps(res), flush=True)
+
+
+def learning_curve_point(det, test, step_counts: list[int], device) -> dict:
+    """One point of `--curve-every`'s curve: the model as it stands, on the test set.
+
+    "clean" and "pgdN" hold image and pixel AUROC (localization attack, each N of `step_counts`);
+    "heldout_pgdN" the patch AUROC, clean and under the first N, on pseudo anomalies of the test
+    set's normal images (`training_distribution_auroc`), which uses no real defect.
+    """
+    point = {}
+    for steps in step_counts:
+        ev = evaluate(det, test, create_attack(f"pgd-{steps}"), batch_size=16, device=device, progress=False)
+        point["clean"] = {k: ev["clean"][k] for k in ("image_auroc", "pixel_auroc")}
+        point[f"pgd{steps}"] = {k: ev["adversarial"][k] for k in ("image_auroc", "pixel_auroc")}
+    heldout = training_distribution_auroc(det, test, step_counts[0], device)
+    point[f"heldout_pgd{step_counts[0]}"] = {"clean": heldout["clean"], "adv": heldout["adv"]}
+    return point
 
 
 def parse_attack_names(text: str) -> list[str]:

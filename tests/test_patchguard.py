@@ -644,6 +644,32 @@ def test_fit_with_prefetched_batches_gives_the_same_model(mvtec_root, fake_gener
     assert torch.equal(weights(False), weights(True))
 
 
+def test_after_epoch_sees_each_epoch_in_eval_mode_and_leaves_the_trained_model_as_without_it(mvtec_root,
+                                                                                              fake_generator):
+    from robustad.attacks import create_attack
+    from robustad.datasets import create_dataset
+
+    train = create_dataset("mvtec", root=mvtec_root, category="alpha", split="train", image_size=32)
+    seen = []
+
+    def measure(detector):
+        def after_epoch(epoch):  # an attack, and random draws the fit would otherwise see (dropout)
+            seen.append((epoch, detector.training))
+            x = torch.rand(2, 3, 32, 32)
+            create_attack("pgd-2")(detector, x, torch.zeros(2, 1, 32, 32), torch.zeros(2))
+            torch.rand(1000)
+        return after_epoch
+
+    def weights(observe: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        detector = tiny(epochs=3)
+        detector.fit(train, after_epoch=measure(detector) if observe else None)
+        return torch.cat([p.detach().flatten() for p in detector.parameters()])
+
+    assert torch.equal(weights(True), weights(False))
+    assert seen == [(1, False), (2, False), (3, False)]
+
+
 def test_fit_reuses_perturbations_from_the_second_epoch_on(mvtec_root, fake_generator):
     from robustad.datasets import create_dataset
 

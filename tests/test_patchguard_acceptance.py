@@ -185,3 +185,34 @@ def test_an_unknown_attack_is_refused_before_any_training(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["patchguard_acceptance.py", "--attacks", "fgsm,autoatack-20"])
     with pytest.raises(SystemExit, match="--attacks 'autoatack-20': unknown attack"):
         script.main()
+
+
+def test_curve_every_measures_the_fit_as_it_trains_without_changing_the_model(monkeypatch, capsys):
+    def run(*extra):
+        argv = ["patchguard_acceptance.py", "--variants", "adv", "--steps", "1", "--set", *TINY[1:], "epochs=3", *extra]
+        monkeypatch.setattr(sys, "argv", argv)
+        load_script().main()
+        (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        return record
+
+    record = run("--curve-every", "2")
+    assert [point["epoch"] for point in record["curve"]] == [2, 3]  # every 2nd epoch, and the last
+    last = record["curve"][-1]  # the last point is the trained model: the record's own figures
+    assert last["clean"] == pytest.approx({k: record["localization_pgd1"]["clean"][k] for k in last["clean"]})
+    assert last["pgd1"] == pytest.approx({k: record["localization_pgd1"]["adv"][k] for k in last["pgd1"]})
+    for point in record["curve"]:
+        assert 0 <= point["heldout_pgd1"]["adv"] <= 100 and 0 <= point["heldout_pgd1"]["clean"] <= 100
+    plain = run()
+    assert "curve" not in plain
+    for split in ("clean", "adv"):  # the curve leaves the fit alone
+        assert plain["localization_pgd1"][split] == pytest.approx(record["localization_pgd1"][split])
+
+
+@pytest.mark.parametrize("extra, message", [(["--curve-every", "-1"], "--curve-every -1: expected"),
+                                            (["--curve-every", "5", "--checkpoint", "m.pt"], "cannot follow --checkpoint")])
+def test_curve_every_refuses_bad_values_before_any_training(monkeypatch, extra, message):
+    script = load_script()
+    monkeypatch.setattr(script, "create_method", lambda *a, **k: pytest.fail("trained before checking --curve-every"))
+    monkeypatch.setattr(sys, "argv", ["patchguard_acceptance.py", *extra])
+    with pytest.raises(SystemExit, match=message):
+        script.main()

@@ -153,8 +153,23 @@ class PatchGuard(Detector):
         return gaussian_blur(upsampled.unsqueeze(1), [2 * radius + 1] * 2, [sigma, sigma]).squeeze(1)
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, train_set) -> None:
-        """Trains from scratch on the normal images of `train_set` (paper §5; AdamW, cosine lr)."""
+    def _observe(self, after_epoch, epoch: int, device: torch.device) -> None:
+        """Calls `after_epoch(epoch)` in eval mode without touching the fit's random state."""
+        was_training = self.training
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            self.eval()
+            try:
+                after_epoch(epoch)
+            finally:
+                self.train(was_training)
+
+    def fit(self, train_set, after_epoch=None) -> None:
+        """Trains from scratch on the normal images of `train_set` (paper §5; AdamW, cosine lr).
+
+        `after_epoch(epoch)`, if given, is called after each epoch (1-based) with the weights of that
+        moment, e.g. to measure a learning curve. It runs in eval mode on a fork of torch's random
+        state, so whatever it does (an attack, a forward pass) leaves the trained model as without it.
+        """
         config = self.config
         images = training_images(train_set, config.image_size, config.patch_size)
         device = next(self.parameters()).device
@@ -205,6 +220,8 @@ class PatchGuard(Detector):
             progress.update(1)
             progress.set_postfix(loss=f"{total / steps_per_epoch:.3g}")
             total = 0.0
+            if after_epoch is not None:
+                self._observe(after_epoch, batch.epoch + 1, device)
         progress.close()
         if average is not None:
             self.net.load_state_dict(average.module.state_dict())
