@@ -3,7 +3,7 @@
 python benchmarks/patchguard_acceptance.py --category brick --device cpu [--set key=value ...] [--variants adv,clean]
     [--steps 20,100] [--train-check] [--save-dir DIR | --checkpoint FILE] [--train-images N] [--profile long|paper]
     [--pseudo-anomalies test-defects|mixed] [--top-k 1,5,16,64] [--image-by-kind] [--attacks autoattack-20,...]
-    [--curve-every N]
+    [--curve-every N [--curve-figure FILE.png]]
 The `quick` profile (default) fits the ~10 minutes of a 2-core CPU; `--profile long` (width 192, 900
 epochs) about an hour there; `--profile paper` (ViT-S, 224 px, PGD-10 training, 300 epochs) needs a
 GPU (`--device cuda`).
@@ -23,6 +23,7 @@ as `bench run --attack NAME`): PGD alone can overstate robustness where the grad
 AUROC clean and under PGD-N (localization) for each N of --steps, and the patch AUROC on pseudo
 anomalies of the test set's normal images under the first (no real defect: what a validation set
 could see). Does robustness rise with training to the end, or peak and fall (robust overfitting)?
+--curve-figure draws it (pixel AUROC against epochs, every variant) with matplotlib.
 """
 import argparse
 import json
@@ -77,13 +78,17 @@ def main():
     ap.add_argument("--curve-every", type=int, default=0,
                     help="every N epochs of the fit (and at its end), measure the model under --steps: a learning "
                          "curve, written as \"curve\" (0: none)")
+    ap.add_argument("--curve-figure", type=Path, help="with --curve-every: draw the curve into this image file")
     args = ap.parse_args()
     attack_names = parse_attack_names(args.attacks)
+    if args.curve_figure and not args.curve_every:
+        raise SystemExit(f"--curve-figure {args.curve_figure}: draws the learning curve; give --curve-every N too")
     if args.curve_every < 0:
         raise SystemExit(f"--curve-every {args.curve_every}: expected a number of epochs >= 1 (0: no curve)")
     if args.curve_every and args.checkpoint:
         raise SystemExit("--curve-every measures a fit as it trains; it cannot follow --checkpoint, which does not train")
     step_counts = [int(s) for s in args.steps.split(",")]
+    curves = {}
     overrides = dict(kv.split("=", 1) for kv in args.set)
     top_ks = parse_top_ks(args.top_k)
     if args.pseudo_anomalies != "config":
@@ -120,7 +125,7 @@ def main():
                "pseudo_anomalies": args.pseudo_anomalies,
                "fit_s": round(fit_s, 1), "n_train": len(train)}
         if curve:
-            res["curve"] = curve
+            res["curve"] = curves[variant] = curve
         for steps in step_counts:
             for objective in ("localization", "detection"):
                 attack = create_attack(f"pgd-{steps}", objective=objective)
@@ -143,6 +148,35 @@ def main():
                                            "eval_s": round(time.perf_counter() - t0, 1)}
         res["n_test"] = ev["n_test"]
         print(json.dumps(res), flush=True)
+    if args.curve_figure:
+        plot_learning_curves(curves, args.curve_figure, title=f"{args.profile}, {args.category}, seed {args.seed}")
+
+
+def plot_learning_curves(curves: dict, path: Path, title: str = "") -> None:
+    """Pixel AUROC against epochs for each variant's `--curve-every` points: clean, under each PGD-N,
+    and the patch AUROC on the held-out pseudo anomalies under attack (dashed)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for variant, points in curves.items():
+        epochs = [point["epoch"] for point in points]
+        for key in [k for k in points[0] if k != "epoch"]:
+            if key.startswith("heldout_"):
+                values, label, style = [p[key]["adv"] for p in points], f"{variant}: pseudo anomalies, {key[8:]}", "--"
+            else:
+                values, label, style = [p[key]["pixel_auroc"] for p in points], f"{variant}: {key}", "-"
+            ax.plot(epochs, values, style, marker="o", markersize=3, label=label)
+    ax.axhline(50, color="grey", linewidth=0.8)  # chance
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("AUROC (%): pixel; held-out pseudo anomalies per patch")
+    ax.set_ylim(0, 100)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
 
 
 def learning_curve_point(det, test, step_counts: list[int], device) -> dict:

@@ -187,7 +187,7 @@ def test_an_unknown_attack_is_refused_before_any_training(monkeypatch):
         script.main()
 
 
-def test_curve_every_measures_the_fit_as_it_trains_without_changing_the_model(monkeypatch, capsys):
+def test_curve_every_measures_the_fit_as_it_trains_without_changing_the_model(monkeypatch, capsys, tmp_path):
     def run(*extra):
         argv = ["patchguard_acceptance.py", "--variants", "adv", "--steps", "1", "--set", *TINY[1:], "epochs=3", *extra]
         monkeypatch.setattr(sys, "argv", argv)
@@ -195,7 +195,8 @@ def test_curve_every_measures_the_fit_as_it_trains_without_changing_the_model(mo
         (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
         return record
 
-    record = run("--curve-every", "2")
+    record = run("--curve-every", "2", "--curve-figure", str(tmp_path / "figures" / "curve.png"))
+    assert (tmp_path / "figures" / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert [point["epoch"] for point in record["curve"]] == [2, 3]  # every 2nd epoch, and the last
     last = record["curve"][-1]  # the last point is the trained model: the record's own figures
     assert last["clean"] == pytest.approx({k: record["localization_pgd1"]["clean"][k] for k in last["clean"]})
@@ -209,7 +210,8 @@ def test_curve_every_measures_the_fit_as_it_trains_without_changing_the_model(mo
 
 
 @pytest.mark.parametrize("extra, message", [(["--curve-every", "-1"], "--curve-every -1: expected"),
-                                            (["--curve-every", "5", "--checkpoint", "m.pt"], "cannot follow --checkpoint")])
+                                            (["--curve-every", "5", "--checkpoint", "m.pt"], "cannot follow --checkpoint"),
+                                            (["--curve-figure", "c.png"], "give --curve-every N too")])
 def test_curve_every_refuses_bad_values_before_any_training(monkeypatch, extra, message):
     script = load_script()
     monkeypatch.setattr(script, "create_method", lambda *a, **k: pytest.fail("trained before checking --curve-every"))
