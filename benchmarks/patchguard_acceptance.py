@@ -163,13 +163,13 @@ def plot_learning_curves(curves: dict, path: Path, title: str = "") -> None:
         epochs = [point["epoch"] for point in points]
         for key in [k for k in points[0] if k != "epoch"]:
             if key.startswith("heldout_"):
-                values, label, style = [p[key]["adv"] for p in points], f"{variant}: pseudo anomalies, {key[8:]}", "--"
+                values, label, style = [p[key]["adv"] for p in points], f"{variant}: patch, held-out pseudo anomalies, {key[8:]}", "--"
             else:
-                values, label, style = [p[key]["pixel_auroc"] for p in points], f"{variant}: {key}", "-"
+                values, label, style = [p[key]["pixel_auroc"] for p in points], f"{variant}: pixel, {key}", "-"
             ax.plot(epochs, values, style, marker="o", markersize=3, label=label)
     ax.axhline(50, color="grey", linewidth=0.8)  # chance
     ax.set_xlabel("epoch")
-    ax.set_ylabel("AUROC (%): pixel; held-out pseudo anomalies per patch")
+    ax.set_ylabel("AUROC (%)")
     ax.set_ylim(0, 100)
     if title:
         ax.set_title(title)
