@@ -23,6 +23,7 @@ as `bench run --attack NAME`): PGD alone can overstate robustness where the grad
 AUROC clean and under PGD-N (localization) for each N of --steps, and the patch AUROC on pseudo
 anomalies of the test set's normal images under the first (no real defect: what a validation set
 could see). Does robustness rise with training to the end, or peak and fall (robust overfitting)?
+With `ema_decay` the points measure the running weights, not their average (the final model).
 --curve-figure draws it (pixel AUROC against epochs, every variant) with matplotlib.
 """
 import argparse
@@ -163,9 +164,10 @@ def plot_learning_curves(curves: dict, path: Path, title: str = "") -> None:
         epochs = [point["epoch"] for point in points]
         for key in [k for k in points[0] if k != "epoch"]:
             if key.startswith("heldout_"):
-                values, label, style = [p[key]["adv"] for p in points], f"{variant}: patch, held-out pseudo anomalies, {key[8:]}", "--"
+                values = [point[key]["adv"] for point in points]
+                label, style = f"{variant}: patch, held-out pseudo anomalies, {key.removeprefix('heldout_')}", "--"
             else:
-                values, label, style = [p[key]["pixel_auroc"] for p in points], f"{variant}: pixel, {key}", "-"
+                values, label, style = [point[key]["pixel_auroc"] for point in points], f"{variant}: pixel, {key}", "-"
             ax.plot(epochs, values, style, marker="o", markersize=3, label=label)
     ax.axhline(50, color="grey", linewidth=0.8)  # chance
     ax.set_xlabel("epoch")
