@@ -229,7 +229,7 @@ def cmd_attention_degree(args) -> int:
     spec = CellSpec(method=args.method, dataset=args.dataset, category=category, attack=args.attack,
                     norm=args.norm, eps=parse_eps(args.eps), eps_text=args.eps, steps=args.steps, seed=args.seed,
                     profile=args.profile, root=args.root, config=config)
-    detector = create_method(args.method, profile=args.profile, **dict(config))
+    detector = create_method(args.method, profile=args.profile, seed=args.seed, **dict(config))
     if not hasattr(detector, "forward_with_attention"):
         raise ValueError(f"--method {args.method!r} exposes no attention maps (forward_with_attention)")
     train_set = create_dataset(args.dataset, root=args.root, category=category, split="train", image_size=detector.image_size)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from robustad.core.files import write_text_atomic
 
 SCHEMA_VERSION = 1
 RECORD_FIELDS = (
@@ -45,20 +45,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Writes JSON to a temporary file in the same folder, fsyncs it, then renames it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_jsonable(payload), handle, indent=2, sort_keys=False, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Writes JSON atomically (`robustad.core.files.write_text_atomic`); NaN becomes null."""
+    write_text_atomic(path, json.dumps(_jsonable(payload), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_record(results: Path, record: dict) -> Path:

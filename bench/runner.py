@@ -31,6 +31,7 @@ from robustad.attacks.batching import ChunkedAttack
 from robustad.bench.environment import git_revision, package_versions
 from robustad.bench.profiles import EVAL_SETTINGS, Profile
 from robustad.bench.records import SCHEMA_VERSION, is_done, read_record, record_path, write_record
+from robustad.core.seeding import seed_everything
 from robustad.datasets import create_dataset, list_categories
 from robustad.methods import create_method
 from robustad.methods.checkpoint import CheckpointMismatchError, file_sha256
@@ -107,8 +108,7 @@ def fit_or_load(detector, spec: CellSpec, results: Path, train_set, log) -> tupl
             return path, 0.0, True
         except CheckpointMismatchError as err:
             log(f"ignoring unusable checkpoint: {err}")
-    torch.manual_seed(spec.seed)
-    np.random.seed(spec.seed)
+    seed_everything(spec.seed)
     start = time.perf_counter()
     detector.fit(train_set)
     seconds = time.perf_counter() - start
@@ -194,7 +194,7 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda: no CUDA device is available here")
     profile = Profile.parse(spec.profile)
-    detector = create_method(spec.method, profile=profile, **spec.config_overrides)
+    detector = create_method(spec.method, profile=profile, seed=spec.seed, **spec.config_overrides)
     steps = spec.resolved_steps()
     attack = create_attack(spec.attack, norm=spec.norm, eps=spec.eps, steps=steps, seed=spec.seed,
                            objective=spec.objective, **dict(spec.attack_options))

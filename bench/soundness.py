@@ -56,7 +56,7 @@ class SoundnessCheck:
         self.device = torch.device(device)
         self.margin = margin
         self.log = log
-        self.detector = create_method(spec.method, profile=spec.profile, **spec.config_overrides)
+        self.detector = create_method(spec.method, profile=spec.profile, seed=spec.seed, **spec.config_overrides)
         self.train_set = create_dataset(spec.dataset, root=spec.root, category=spec.category, split="train",
                                         image_size=self.detector.image_size)
         self.test_set = create_dataset(spec.dataset, root=spec.root, category=spec.category, split="test",
@@ -141,7 +141,7 @@ class SoundnessCheck:
             return CheckResult("undefended_collapses", None, {},
                                "the method has no adv_train field and no clean <method> beside <method>-adv")
         overrides = dict(spec.config_overrides)
-        undefended = create_method(spec.method, profile=spec.profile, **overrides).to(self.device)
+        undefended = create_method(spec.method, profile=spec.profile, seed=spec.seed, **overrides).to(self.device)
         fit_or_load(undefended, spec, self.results, self.train_set, self.log)
         undefended.eval()
         clean, adv = self.adversarial("pgd", detector=undefended, steps=self.steps)

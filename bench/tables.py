@@ -23,9 +23,7 @@ cell (same `cell_id`) count once: the newest successful one, else the newest fai
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from tabulate import tabulate
 from robustad.bench.record_loading import is_number, load_records, unique_cells
 from robustad.bench.records import records_dir
 from robustad.bench.table_render import INCOMPLETE, Table, Value, render
+from robustad.core.files import write_text_atomic
 
 __all__ = ["build_table", "format_cell_result", "load_records", "table_path", "write_tables"]
 
@@ -427,11 +426,7 @@ def write_tables(results_dir, layout: str = "methods", task: str = "ad", fmt: st
         raise ValueError(f"no usable result records under {records_dir(Path(results_dir))}; run `bench run` first")
     text = build_table(records, layout=layout, task=task, fmt=fmt, **filters)
     path = table_path(results_dir, layout, task, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return [path]
 
 

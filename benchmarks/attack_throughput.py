@@ -333,8 +333,7 @@ def main(argv=None) -> dict:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     log = (lambda *a: print(*a, file=sys.stderr, flush=True))
 
-    torch.manual_seed(args.seed)
-    detector = create_method("patchguard", profile="paper")
+    detector = create_method("patchguard", profile="paper", seed=args.seed)
     if args.checkpoint:
         detector.load_checkpoint(args.checkpoint)
     detector.to(device).eval()

@@ -57,8 +57,7 @@ def build(profile: str, overrides: dict, category: str, device: torch.device, se
     from robustad.methods.patchguard.detector import (build_pseudo_anomaly_generator, generator_config,
                                                       training_images)
 
-    torch.manual_seed(seed)
-    detector = create_method("patchguard", profile=profile, **overrides).to(device)
+    detector = create_method("patchguard", profile=profile, seed=seed, **overrides).to(device)
     train = create_dataset("textures", category=category, split="train", image_size=detector.image_size)
     images = training_images(train, detector.image_size, detector.config.patch_size)
     pseudo = build_pseudo_anomaly_generator(generator_config(detector.config, train))
@@ -122,8 +121,8 @@ def time_fits(args, overrides: dict, device: torch.device) -> dict:
         for mode, prefetch in (("warmup", False), ("in_place", False), ("prefetched", True)):
             module.training_batches = lambda *a, _p=prefetch, **k: original(*a, **{**k, "prefetch": _p})
             epochs = 1 if mode == "warmup" else args.fit_epochs
-            torch.manual_seed(args.seed)
-            detector = create_method("patchguard", profile=args.profile, **{**overrides, "epochs": str(epochs)})
+            detector = create_method("patchguard", profile=args.profile, seed=args.seed,
+                                     **{**overrides, "epochs": str(epochs)})
             detector.to(device)
             train = create_dataset("textures", category=args.category, split="train", image_size=detector.image_size)
             synchronize(device)

@@ -97,8 +97,7 @@ def main():
     device = torch.device(args.device)
     for variant in args.variants.split(","):
         extra = {"clean": {"adv_train": "false"}, "noreg": {"alpha": "0"}}.get(variant, {})
-        torch.manual_seed(args.seed)
-        det = create_method("patchguard", profile=args.profile, **{**overrides, **extra})
+        det = create_method("patchguard", profile=args.profile, seed=args.seed, **{**overrides, **extra})
         train = create_dataset("textures", category=args.category, split="train", image_size=det.image_size)
         if args.train_images:
             train = FirstImages(train, args.train_images)

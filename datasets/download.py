@@ -17,7 +17,6 @@ other address).
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from robustad.core.files import file_sha256
 from robustad.datasets.image_io import DatasetError
 from robustad.datasets.registry import DATASETS
 
@@ -104,14 +104,6 @@ def download_dataset(name: str, root, *, url: str | None = None, sha256: str | N
         fetch(url, archive, sha256, progress=progress, timeout=timeout)
     extract(archive, root)
     return root
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch(url: str, archive: Path, sha256: str, *, progress: bool, timeout: float) -> None:

@@ -22,7 +22,6 @@ without a complete manifest is never read.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from robustad.core.files import file_sha256
 from robustad.datasets.image_io import DatasetError
 from robustad.datasets.mvtec import MVTecLayout
 from robustad.datasets.registry import register_dataset
@@ -155,7 +155,7 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def default_textures_root(seed: int = 0) -> Path:

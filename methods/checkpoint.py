@@ -8,13 +8,12 @@ written) counts as its default: accepted when the detector's value is the defaul
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from robustad.core.files import file_sha256, torch_save_atomic  # noqa: F401  file_sha256: re-exported
 
 FORMAT_VERSION = 1
 
@@ -24,23 +23,14 @@ class CheckpointMismatchError(ValueError):
 
 
 def save_checkpoint(detector, path) -> None:
-    """Writes {method, config, state_dict} atomically to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes {method, config, state_dict} atomically to `path` (the same model gives the same bytes)."""
     payload = {
         "format": FORMAT_VERSION,
         "method": detector.name,
         "config": detector.config_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in detector.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    torch_save_atomic(payload, path)
 
 
 def load_checkpoint(detector, path) -> None:
@@ -87,11 +77,3 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
         if a != b:
             out.append(f"{key}: checkpoint has {a!r}, expected {b!r}")
     return out
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

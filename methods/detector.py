@@ -3,6 +3,13 @@
 A detector maps images in [0, 1] of shape (B, 3, H, W) to anomaly logits M(x) on its own grid,
 (B, h, w), differentiably in the pixels; S(x) = `score(M)` and the pixel map `anomaly_map(M, size)`
 are derived from M. Each detector normalizes inside its own forward, so ε is measured in pixels.
+
+Randomness: a detector draws its random numbers (initial weights, sampling, augmentation) from
+torch's global generator (NumPy's and Python's `random` are seeded too), or, where it keeps a
+generator of its own, from `robustad.core.seeding.derived_generator()` called inside `fit`. The
+runner seeds every generator from the cell's seed right before constructing the detector and again
+right before `fit` (`create_method(..., seed=S)` does the first), so the same command and seed give
+the same model, bit for bit on the CPU. A detector never seeds itself from a config field.
 """
 from __future__ import annotations
 

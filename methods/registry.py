@@ -12,6 +12,7 @@ from typing import Any
 
 from robustad.bench.profiles import Profile
 from robustad.bench.registry import Registry, drop_none
+from robustad.core.seeding import seed_everything
 
 METHODS: Registry = Registry("method")
 register_method = METHODS.register
@@ -39,11 +40,18 @@ def resolve_method(name: str) -> type:
     return METHODS.get(name)
 
 
-def create_method(name: str, *, profile: str | Profile = Profile.QUICK, **config: Any):
-    """Builds a detector: the profile's config preset with `config` overrides (None values ignored)."""
+def create_method(name: str, *, profile: str | Profile = Profile.QUICK, seed: int | None = None, **config: Any):
+    """Builds a detector: the profile's config preset with `config` overrides (None values ignored).
+
+    `seed`: when given, every random generator is seeded with it (`robustad.core.seeding`) right
+    before the detector is constructed, so its initial weights are a function of the seed; seed
+    again before `fit` (the runner does both).
+    """
     cls = resolve_method(name)
     profile = Profile.parse(profile)
     preset = cls.profiles.get(profile)
     if preset is None:
         preset = cls.profiles.get(Profile.QUICK) or cls.config_class()
+    if seed is not None:
+        seed_everything(seed)
     return cls(preset, **drop_none(config))

@@ -1,6 +1,5 @@
 """The adapted baselines (methods/baselines): every registered variant builds from scratch, fits on the
 synthetic tree, gives differentiable maps, round-trips a checkpoint and survives every attack."""
-import dataclasses
 
 import numpy as np
 import pytest
@@ -13,20 +12,8 @@ from robustad.methods import METHODS, create_method
 from robustad.methods.baselines.backbones import MissingWeightsError
 from robustad.methods.baselines.smoothing import gaussian_blur
 
-SIZE = 32
-# Tiny from-scratch settings per method family (the variant `<m>-adv` uses the same).
-TINY = {
-    "patchcore": dict(backbone="resnet18", pretrain_dim=64, target_dim=64),
-    "simplenet": dict(backbone="resnet18", pretrain_dim=64, target_dim=64, hidden_dim=32, epochs=2,
-                      adv_steps=2),
-    "draem": dict(recon_width=4, disc_width=4, epochs=1, batch_size=6, adv_steps=1),
-    "glass": dict(backbone="resnet18", pretrain_dim=64, target_dim=64, hidden_dim=32, epochs=2,
-                  gas_steps=2, adv_steps=1),
-    "recontrast": dict(backbone="resnet18", bottleneck_blocks=1, decoder_blocks=(1, 1, 1), iterations=2,
-                       batch_size=6, adv_steps=1),
-    "generalad": dict(backbone="vit_tiny_patch16_224", vit_depth=2, vit_patch_size=8, blocks=(2,), hidden_dim=32,
-                      heads=2, epochs=2, top_k=3, adv_steps=2),
-}
+from tests.tiny_configs import BASELINES as TINY
+from tests.tiny_configs import SIZE, tiny_overrides
 
 
 def baseline_names():
@@ -34,10 +21,7 @@ def baseline_names():
 
 
 def tiny(name, **extra):
-    family = name.removesuffix("-adv")
-    fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_class)}
-    scratch = {"backbone_init": "scratch"} if "backbone_init" in fields else {}
-    return create_method(name, image_size=SIZE, **scratch, **TINY[family], **extra)
+    return create_method(name, **{**tiny_overrides(name), **extra})
 
 
 _FITTED = {}

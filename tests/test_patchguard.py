@@ -26,8 +26,7 @@ from robustad.methods.patchguard.attention_degree import attention_degree, image
 from robustad.methods.patchguard.attention_regularizer import attention_r, attention_regularizer, kl_to_uniform
 from robustad.methods.patchguard.model import AttentionDiscriminator, DISCRIMINATOR, block_attention
 
-TINY = dict(image_size=32, patch_size=8, vit_embed_dim=32, vit_depth=2, vit_heads=2, disc_heads=2,
-            disc_mlp_dim=64, epochs=2, batch_size=4, train_steps=2, train_precision="fp32")
+from tests.tiny_configs import PATCHGUARD as TINY
 
 
 def tiny(**overrides) -> PatchGuard:

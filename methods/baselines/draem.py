@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustad.bench.profiles import Profile
+from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images
 from robustad.methods.baselines.synthesis import TextureSource, perlin_anomalies
 from robustad.methods.detector import Detector, DetectorConfig
@@ -47,7 +48,6 @@ class DraemConfig(DetectorConfig):
     adversarial: bool = False
     adv_eps: float = 8 / 255
     adv_steps: int = 100
-    seed: int = 0
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -180,7 +180,7 @@ class Draem(Detector):
     def fit(self, train_set) -> None:
         cfg = self.config
         device = module_device(self)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = derived_generator()  # follows the cell's seed (robustad.core.seeding)
         images = stack_images(train_set)
         textures = TextureSource(cfg.texture_source, cfg.image_size, images, cfg.dtd_root, self.name)
         opt = torch.optim.Adam(self.parameters(), lr=cfg.lr)

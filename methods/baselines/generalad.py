@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustad.bench.profiles import Profile
+from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.backbones import BackboneConfig, ViTFeatures, freeze
 from robustad.methods.baselines.common import batches, feature_pgd, module_device, stack_images
 from robustad.methods.baselines.smoothing import gaussian_blur
@@ -59,7 +60,6 @@ class GeneralADConfig(BackboneConfig):
     adversarial: bool = False
     adv_steps: int = 10
     adv_eps_ratio: float = 0.5
-    seed: int = 0
 
 
 class AttentionBlock(nn.Module):
@@ -148,7 +148,7 @@ class GeneralAD(Detector):
     def fit(self, train_set) -> None:
         cfg = self.config
         device = module_device(self)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = derived_generator()  # follows the cell's seed (robustad.core.seeding)
         images = stack_images(train_set)
         self.eval()
         with torch.no_grad():

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from robustad.bench.profiles import Profile
+from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.backbones import BackboneConfig
 from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images
 from robustad.methods.baselines.simplenet import AdaptedFeatureDiscriminator
@@ -65,7 +66,6 @@ class GlassConfig(BackboneConfig):
     adversarial: bool = False
     adv_eps: float = 8 / 255
     adv_steps: int = 100
-    seed: int = 0
 
 
 def binary_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -130,7 +130,7 @@ class Glass(AdaptedFeatureDiscriminator):
     def fit(self, train_set) -> None:
         cfg = self.config
         device = module_device(self)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = derived_generator()  # follows the cell's seed (robustad.core.seeding)
         images = stack_images(train_set)
         textures = TextureSource(cfg.texture_source, cfg.image_size, images, cfg.dtd_root, self.name)
         adaptor_opt = torch.optim.Adam(self.adaptor.parameters(), lr=cfg.adaptor_lr, weight_decay=cfg.weight_decay)

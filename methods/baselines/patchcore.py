@@ -28,9 +28,9 @@ import dataclasses
 import weakref
 
 import torch
-import torch.nn.functional as F
 
 from robustad.bench.profiles import Profile
+from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.backbones import BackboneConfig, build_cnn, freeze
 from robustad.methods.baselines.common import LocalPatchFeatures, module_device, resize_buffers, stack_images
 from robustad.methods.baselines.smoothing import gaussian_blur
@@ -51,7 +51,6 @@ class PatchCoreConfig(BackboneConfig):
     reweight_neighbours: int = 9  # b of eq. 7
     smoothing_sigma: float = 4.0
     batch_size: int = 16
-    seed: int = 0
 
 
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -117,7 +116,7 @@ class PatchCore(Detector):
         cfg = self.config
         device = module_device(self)
         images = stack_images(train_set)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = derived_generator()  # follows the cell's seed (robustad.core.seeding)
         self.eval()
         with torch.no_grad():
             patches = torch.cat([

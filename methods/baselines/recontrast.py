@@ -34,6 +34,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from robustad.bench.profiles import Profile
+from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.backbones import BackboneConfig, build_resnet, freeze
 from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images
 from robustad.methods.baselines.smoothing import gaussian_blur
@@ -61,7 +62,6 @@ class ReContrastConfig(BackboneConfig):
     adversarial: bool = False
     adv_eps: float = 8 / 255
     adv_steps: int = 100
-    seed: int = 0
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -215,7 +215,7 @@ class ReContrast(Detector):
     def fit(self, train_set) -> None:
         cfg = self.config
         device = module_device(self)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = derived_generator()  # follows the cell's seed (robustad.core.seeding)
         images = stack_images(train_set)
         decoder_params = list(self.bottleneck.parameters()) + list(self.decoder.parameters())
         opt = torch.optim.AdamW(decoder_params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)

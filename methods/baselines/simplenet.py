@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from robustad.bench.profiles import Profile
+from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.backbones import BackboneConfig, build_cnn, freeze
 from robustad.methods.baselines.common import (
     LocalPatchFeatures,
@@ -64,7 +65,6 @@ class SimpleNetConfig(BackboneConfig):
     adversarial: bool = False  # embedding-space adversarial training of the discriminator
     adv_steps: int = 10
     adv_eps_ratio: float = 0.5
-    seed: int = 0
 
 
 def xavier(module: nn.Module) -> nn.Module:
@@ -139,7 +139,7 @@ class SimpleNet(AdaptedFeatureDiscriminator):
     def fit(self, train_set) -> None:
         cfg = self.config
         device = module_device(self)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = derived_generator()  # follows the cell's seed (robustad.core.seeding)
         images = stack_images(train_set)
         self.eval()
         with torch.no_grad():

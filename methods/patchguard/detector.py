@@ -17,6 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
+from robustad.core.seeding import derived_generator
 from robustad.methods.detector import Detector
 from robustad.methods.patchguard.adversarial_training import training_eps, training_step
 from robustad.methods.patchguard.config import PROFILES, PatchGuardConfig
@@ -173,8 +174,7 @@ class PatchGuard(Detector):
         config = self.config
         images = training_images(train_set, config.image_size, config.patch_size)
         device = next(self.parameters()).device
-        seed = int(torch.randint(0, 2**31 - 1, (1,)))  # drawn from the global RNG: deterministic under manual_seed
-        generator = torch.Generator().manual_seed(seed)
+        generator = derived_generator()  # follows the cell's seed (robustad.core.seeding)
         pseudo = build_pseudo_anomaly_generator(generator_config(config, train_set))
         given = precomputed_foreground(train_set, config.image_size) if config.foreground == "auto" else None
         if given is not None and hasattr(pseudo, "set_foreground_maps"):

@@ -46,6 +46,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from robustad.bench.cache import cache_root
+from robustad.core.files import file_sha256, torch_save_atomic
 from robustad.methods import efficientnet_lite0
 
 FOREGROUND_CHOICES = ("auto", "resnet18", "efficientnet_lite0", "full")
@@ -84,14 +85,11 @@ def missing_weights_message(reason: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime: float) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
-def file_sha256(path: str | Path) -> str:
+def cached_file_sha256(path: str | Path) -> str:
+    """`file_sha256`, computed once per (path, size, mtime): weights files are hashed on every build."""
     stat = os.stat(path)
     return _file_sha256(str(path), stat.st_size, stat.st_mtime)
 
@@ -105,7 +103,7 @@ class CnnChoice:
 
     @property
     def cache_name(self) -> str:
-        return f"{self.architecture}-{file_sha256(self.weights_path)[:12]}"
+        return f"{self.architecture}-{cached_file_sha256(self.weights_path)[:12]}"
 
 
 def resolve_cnn(foreground: str, gradcam_weights: str | None = None) -> CnnChoice | None:
@@ -329,7 +327,5 @@ class ForegroundEstimator:
             for i, fg_map in zip(missing, computed):
                 stored = fg_map.to(torch.float16).clone()  # half the disk; a reload gives the same values
                 maps[i] = stored.float()
-                temporary = folder / f".{digests[i]}.{os.getpid()}.tmp"
-                torch.save(stored, temporary)
-                os.replace(temporary, folder / f"{digests[i]}.pt")  # atomic: parallel runs never read half a file
+                torch_save_atomic(stored, folder / f"{digests[i]}.pt")  # parallel runs never read half a file
         return torch.stack(maps)

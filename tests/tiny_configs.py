@@ -1,0 +1,35 @@
+"""Tiny from-scratch configs of every built-in method, shared by the tests (32 px, seconds to fit)."""
+from __future__ import annotations
+
+import dataclasses
+
+SIZE = 32
+
+PATCHGUARD = dict(image_size=SIZE, patch_size=8, vit_embed_dim=32, vit_depth=2, vit_heads=2, disc_heads=2,
+                  disc_mlp_dim=64, epochs=2, batch_size=4, train_steps=2, train_precision="fp32")
+
+# Per baseline family; the variant `<m>-adv` uses the same.
+BASELINES = {
+    "patchcore": dict(backbone="resnet18", pretrain_dim=64, target_dim=64),
+    "simplenet": dict(backbone="resnet18", pretrain_dim=64, target_dim=64, hidden_dim=32, epochs=2,
+                      adv_steps=2),
+    "draem": dict(recon_width=4, disc_width=4, epochs=1, batch_size=6, adv_steps=1),
+    "glass": dict(backbone="resnet18", pretrain_dim=64, target_dim=64, hidden_dim=32, epochs=2,
+                  gas_steps=2, adv_steps=1),
+    "recontrast": dict(backbone="resnet18", bottleneck_blocks=1, decoder_blocks=(1, 1, 1), iterations=2,
+                       batch_size=6, adv_steps=1),
+    "generalad": dict(backbone="vit_tiny_patch16_224", vit_depth=2, vit_patch_size=8, blocks=(2,), hidden_dim=32,
+                      heads=2, epochs=2, top_k=3, adv_steps=2),
+}
+
+
+def tiny_overrides(name: str) -> dict:
+    """Config overrides that make method `name` tiny and independent of pretrained weights."""
+    from robustad.methods import METHODS
+
+    if name == "patchguard":
+        return {**PATCHGUARD, "foreground": "full"}
+    family = name.removesuffix("-adv")
+    fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_class)}
+    scratch = {"backbone_init": "scratch"} if "backbone_init" in fields else {}
+    return {"image_size": SIZE, **scratch, **BASELINES[family]}
