@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustad.bench.choices import Choice
+from robustad.core.choices import Choice
 
 ANOMALOUS_FRACTION = 0.05  # a cell is anomalous when more than 5% of its pixels are (paper §5.2)
 

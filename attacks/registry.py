@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from robustad.attacks.threat_model import ThreatModel, parse_eps
-from robustad.bench.registry import Registry, drop_none
+from robustad.core.registry import Registry, drop_none
 
 ATTACKS: Registry = Registry("attack")
 register_attack = ATTACKS.register

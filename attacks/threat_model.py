@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustad.bench.choices import Choice
+from robustad.core.choices import Choice
 
 
 class Norm(Choice):

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from robustad.attacks.threat_model import parse_eps
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
 
 DEFAULT_RESULTS = "results"
 PROFILE_NAMES = [profile.value for profile in Profile]
@@ -61,7 +61,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="an option of the attack's constructor, e.g. losses=masked-ce,balanced-ce,js,margin "
                         "for sea (repeatable; recorded with the cell)")
     p.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
-                   help="quick (default), long or paper (bench/profiles.py)")
+                   help="quick (default), long or paper (core/profiles.py)")
     p.add_argument("--seed", action="append", type=int, default=None, help="seed (repeat for several; default 0)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="output folder (default: results)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--steps", type=int, default=None, help="PGD steps of the checks (default: profile's)")
     check.add_argument("--objective", default="localization", choices=["localization", "detection"])
     check.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
-                       help="quick (default), long or paper (bench/profiles.py)")
+                       help="quick (default), long or paper (core/profiles.py)")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--results", default=DEFAULT_RESULTS)
     check.add_argument("--device", default="cpu")
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     degree.add_argument("--eps", default="8/255", type=eps_argument)
     degree.add_argument("--steps", type=int, default=None)
     degree.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
-                        help="quick (default), long or paper (bench/profiles.py)")
+                        help="quick (default), long or paper (core/profiles.py)")
     degree.add_argument("--seed", type=int, default=0)
     degree.add_argument("--config", action="append", metavar="KEY=VALUE")
     degree.add_argument("--layer", default="-1", help="1-based ViT block, negative from the end, or 'discriminator'")

@@ -29,7 +29,7 @@ from robustad.attacks import ATTACKS, check_inside, create_attack
 from robustad.attacks.registry import split_attack_name
 from robustad.attacks.batching import ChunkedAttack
 from robustad.bench.environment import git_revision, package_versions
-from robustad.bench.profiles import EVAL_SETTINGS, Profile
+from robustad.core.profiles import EVAL_SETTINGS, Profile
 from robustad.bench.records import SCHEMA_VERSION, is_done, read_record, record_path, write_record
 from robustad.core.seeding import seed_everything
 from robustad.datasets import create_dataset, list_categories

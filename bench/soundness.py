@@ -25,7 +25,7 @@ import torch
 
 from robustad.attacks import ThreatModelViolation, create_attack, parse_eps
 from robustad.bench.checks import cheap_checks
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
 from robustad.bench.records import write_json_atomic
 from robustad.bench.runner import CellSpec, evaluate, fit_or_load
 from robustad.datasets import create_dataset

@@ -7,7 +7,7 @@ Builds the profile's PatchGuard on one `textures` category (its 64 training imag
 and times, per optimizer step of `fit` (batch of normal images + their pseudo anomalies):
 
 - `pseudo_s`: drawing the batch's pseudo anomalies (CPU, the configured generator);
-- `attack_s`: the training attack alone (`training_attack`, PGD-`train_steps`);
+- `attack_s`: the training attack alone (`adversarial_examples`, PGD-`train_steps`);
 - `step_s`: one whole `training_step` (attack + loss + backward + AdamW); `update_s` = step − attack.
 
 each as the median over `--steps` steps after `--warmup` untimed ones, for each `--compile` mode:
@@ -34,7 +34,7 @@ except ImportError:  # device machine: map the repo folders onto the robustad na
     package.__path__ = [str(Path(__file__).resolve().parents[1])]
     sys.modules["robustad"] = package
 import torch
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
 from robustad.datasets import create_dataset
 from robustad.methods import create_method
 
@@ -66,7 +66,7 @@ def build(profile: str, overrides: dict, category: str, device: torch.device, se
 
 
 def time_mode(mode: str, args, overrides: dict, device: torch.device) -> dict:
-    from robustad.methods.patchguard.adversarial_training import training_attack, training_batch, training_step
+    from robustad.methods.patchguard.adversarial_training import adversarial_examples, training_batch, training_step
 
     detector, images, pseudo = build(args.profile, overrides, args.category, device, args.seed)
     config = detector.config
@@ -89,7 +89,7 @@ def time_mode(mode: str, args, overrides: dict, device: torch.device) -> dict:
         normal, anomalous, masks = normal.to(device), anomalous.to(device).float(), masks.to(device).float()
         batch, targets = training_batch(normal, anomalous, masks, config)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train_precision == "bf16"):
-            training_attack(detector, batch, targets, config)
+            adversarial_examples(detector, batch, targets, config)
         synchronize(device)
         t2 = time.perf_counter()
         training_step(detector, optimizer, normal, anomalous, masks)

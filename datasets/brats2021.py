@@ -53,7 +53,7 @@ from robustad.datasets.anomaly_dataset import DatasetFormat, Sample
 from robustad.datasets.image_io import DatasetError, image_tensor, list_images, mask_tensor, read_image_size
 from robustad.datasets.mvtec import find_same_stem
 from robustad.datasets.registry import register_dataset
-from robustad.bench.cache import cache_root
+from robustad.core.cache import cache_root
 
 BRATS_CATEGORY = "brain"
 MIN_BRAIN_FRACTION = 0.10

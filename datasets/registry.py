@@ -1,7 +1,7 @@
 """The dataset registry and factory: `create_dataset("mvtec", root=..., category="bottle", split="test")`."""
 from __future__ import annotations
 
-from robustad.bench.registry import Registry
+from robustad.core.registry import Registry
 from robustad.datasets.anomaly_dataset import SPLITS, AnomalyDataset, DatasetFormat
 from robustad.datasets.image_io import DatasetError
 

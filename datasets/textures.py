@@ -37,7 +37,7 @@ from robustad.datasets.image_io import DatasetError
 from robustad.datasets.mvtec import MVTecLayout
 from robustad.datasets.registry import register_dataset
 from robustad.datasets.surface_defects import DEFECT_KINDS, apply_defect
-from robustad.bench.cache import cache_root
+from robustad.core.cache import cache_root
 
 TEXTURES_VERSION = 1
 TEXTURE_PHOTOS = ("brick", "grass", "gravel", "immunohistochemistry", "hubble_deep_field")

@@ -20,15 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
+from robustad.methods.config_fields import ConfigValueError, check_config, in_range, normalize_numbers
 
 
 @dataclasses.dataclass
 class DetectorConfig:
-    """Base of every method's config dataclass. Subclasses add their own fields."""
+    """Base of every method's config dataclass. Subclasses add their own fields, declaring a field's
+    domain with `in_range`/`one_of` (`config_fields.py`); a subclass's `__post_init__` calls this one."""
 
-    image_size: int = 224
-    top_k: int = 3  # S(x): mean of the top-k cells of M
+    image_size: int = in_range(224, low=8)  # square side the runner resizes images to, in pixels
+    top_k: int = in_range(3, low=1)  # S(x): mean of the top-k cells of M
+
+    def __post_init__(self):
+        normalize_numbers(self)
+        check_config(self)
 
 
 class Detector(nn.Module):
@@ -102,7 +108,10 @@ def make_config(cls: type[Detector], config: DetectorConfig | None = None, **ove
             f"valid fields: {', '.join(fields)}"
         )
     converted = {k: coerce_field(cls.name, fields[k], base, v) for k, v in overrides.items()}
-    return dataclasses.replace(base, **converted)
+    try:
+        return dataclasses.replace(base, **converted)
+    except ConfigValueError as err:
+        raise ValueError(f"--config {err.field}={err.value!r} for method {cls.name!r}: expected {err.expected}") from None
 
 
 def coerce_field(method: str, field: dataclasses.Field, base: DetectorConfig, value: Any) -> Any:

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from robustad.bench.profiles import Profile
-from robustad.bench.registry import Registry, drop_none
+from robustad.core.profiles import Profile
+from robustad.core.registry import Registry, drop_none
 from robustad.core.seeding import seed_everything
 
 METHODS: Registry = Registry("method")

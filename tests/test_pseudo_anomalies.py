@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustad.methods.patchguard.hard_transforms import HARD_TRANSFORMS, apply_hard_transforms, blend
+from robustad.methods.patchguard.hard_transforms import HARD_TRANSFORMS, apply_hard_transforms
 from robustad.methods.patchguard.nsa import poisson_blend
 from robustad.methods.patchguard.pseudo_anomalies import (
     GENERATORS,
@@ -83,36 +83,6 @@ def test_ours_rectangles_follow_the_paper():
     areas = masks.flatten(1).sum(1)
     expected = rect.sizes.prod(1)
     assert ((areas - expected).abs()[unclipped] <= rect.sizes.sum(1)[unclipped] + 2).all()
-
-
-def test_thin_share_makes_that_share_of_the_rectangles_line_shaped():
-    images = textured_images(2)
-    draws = {}
-    for share in (0.0, 0.5):
-        generator = ForegroundAwareGenerator(foreground="full", size_range=(0.1, 0.6), thin_share=share)
-        generator.prepare(images)
-        draws[share] = generator.sample_rectangles(torch.zeros(400, dtype=torch.long), torch.Generator().manual_seed(0))
-    plain, mixed = draws[0.0].sizes, draws[0.5].sizes
-    assert (plain >= 0.1 * SIZE).all()  # no line without the option
-    low, high = ForegroundAwareGenerator.THIN_WIDTH
-    short = mixed.amin(1)
-    thin = short < 0.1 * SIZE
-    assert 0.4 < thin.float().mean() < 0.6
-    assert (short[thin] >= low * SIZE).all() and (short[thin] <= high * SIZE).all()
-    assert (mixed[thin].amax(1) >= 0.1 * SIZE).all()  # the other side keeps the usual range
-    assert (mixed[thin].argmin(1) == 0).any() and (mixed[thin].argmin(1) == 1).any()  # either side
-    with pytest.raises(ValueError, match="anomaly_thin_share"):
-        ForegroundAwareGenerator(foreground="full", thin_share=1.5)
-
-
-def test_anomaly_thin_share_reaches_the_generator_and_is_checked():
-    from robustad.methods import create_method
-    from robustad.methods.patchguard.detector import build_pseudo_anomaly_generator
-
-    detector = create_method("patchguard", profile="quick", anomaly_thin_share="0.25")
-    assert build_pseudo_anomaly_generator(detector.config).thin_share == pytest.approx(0.25)
-    with pytest.raises(ValueError, match="anomaly_thin_share=-0.1"):
-        create_method("patchguard", profile="quick", anomaly_thin_share=-0.1)
 
 
 def test_rectangle_mask_is_rotated_counter_clockwise_on_screen():
@@ -202,45 +172,6 @@ def test_anomaly_min_change_reaches_the_generator_and_is_checked():
     assert build_pseudo_anomaly_generator(detector.config).min_change == pytest.approx(16 / 255)
     with pytest.raises(ValueError, match="anomaly_min_change=1.5"):
         create_method("patchguard", profile="quick", anomaly_min_change=1.5)
-
-
-def test_blend_keeps_the_opacity_unless_the_anomaly_would_fall_below_min_change():
-    crop = textured_images(1, 16)[0]
-    region = torch.ones(16, 16, dtype=torch.bool)
-    strong = (crop + 0.4).clamp(0, 1)  # a change of up to 0.4 everywhere
-    half = blend(crop, strong, region, 0.5, min_change=16 / 255)
-    assert torch.allclose(half, crop + 0.5 * (strong - crop), atol=1e-6)  # 0.2 > 16/255: β stays 0.5
-    faint = blend(crop, strong, region, 0.05, min_change=16 / 255)  # 0.05·0.4 = 0.02 < 16/255: β raised
-    moved = (faint - crop).abs().amax(0)
-    assert (moved > 16 / 255).float().mean() >= 0.5 and moved.max() < 0.5 * (strong - crop).abs().max()
-    assert torch.equal(blend(crop, strong, region, 1.0), strong)
-    quarter = crop.clone()
-    quarter[:, :4] = strong[:, :4]  # most of the region unchanged: nothing to blend down to
-    assert torch.equal(blend(crop, quarter, region, 0.1, min_change=16 / 255), quarter)
-    assert torch.equal(blend(crop, strong, torch.zeros(16, 16, dtype=torch.bool), 1.0), strong)
-
-
-def test_anomaly_opacity_makes_fainter_pseudo_anomalies_that_still_meet_min_change():
-    from robustad.methods import create_method
-    from robustad.methods.patchguard.detector import build_pseudo_anomaly_generator
-
-    images = textured_images(8)
-    changes = {}
-    for opacity in ((1.0, 1.0), (0.1, 0.3)):
-        generator = create_pseudo_anomaly_generator("ours", foreground="full", min_change=16 / 255, opacity=opacity)
-        generator.prepare(images)
-        out, masks = generator(images, torch.arange(8), torch.Generator().manual_seed(0))
-        change = (out - images).abs().amax(1)
-        region = masks[:, 0].bool()
-        changes[opacity] = float(change[region].median())
-        beyond = [float((change[b][region[b]] > 16 / 255).float().mean()) for b in range(8)]
-        assert min(beyond) >= 0.5
-    assert changes[(0.1, 0.3)] < 0.8 * changes[(1.0, 1.0)]
-    detector = create_method("patchguard", profile="quick", anomaly_opacity="0.2,0.9")
-    assert build_pseudo_anomaly_generator(detector.config).opacity == pytest.approx((0.2, 0.9))
-    for bad in ("0,1", "0.5,0.2", "0.5"):
-        with pytest.raises(ValueError, match="anomaly_opacity"):
-            create_method("patchguard", profile="quick", anomaly_opacity=bad)
 
 
 def test_poisson_blend_solves_the_poisson_equation():

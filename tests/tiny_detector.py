@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
 from robustad.methods.detector import Detector, DetectorConfig
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images
 from robustad.methods.baselines.synthesis import TextureSource, perlin_anomalies

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.backbones import BackboneConfig, ViTFeatures, freeze
 from robustad.methods.baselines.common import batches, feature_pgd, module_device, stack_images

@@ -32,7 +32,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.backbones import BackboneConfig
 from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images

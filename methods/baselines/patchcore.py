@@ -29,7 +29,7 @@ import weakref
 
 import torch
 
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.backbones import BackboneConfig, build_cnn, freeze
 from robustad.methods.baselines.common import LocalPatchFeatures, module_device, resize_buffers, stack_images

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.backbones import BackboneConfig, build_resnet, freeze
 from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images

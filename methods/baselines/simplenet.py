@@ -30,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from robustad.bench.profiles import Profile
+from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.backbones import BackboneConfig, build_cnn, freeze
 from robustad.methods.baselines.common import (

@@ -13,18 +13,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
 from robustad.core.seeding import derived_generator
 from robustad.methods.detector import Detector
-from robustad.methods.patchguard.adversarial_training import training_eps, training_step
+from robustad.methods.patchguard.adversarial_training import training_step
 from robustad.methods.patchguard.config import PROFILES, PatchGuardConfig
-from robustad.methods.patchguard.free_adversarial_training import free_training_step
 from robustad.methods.patchguard.model import PatchGuardNet
-from robustad.methods.patchguard.perturbation_memory import PerturbationMemory
-from robustad.methods.patchguard.trades_training import trades_training_step
 from robustad.methods.patchguard.training_batches import training_batches
 from robustad.methods.registry import register_method
 
@@ -42,8 +38,6 @@ def build_pseudo_anomaly_generator(config: PatchGuardConfig):
         k_hard=config.k_hard,
         size_range=config.anomaly_size,
         min_change=config.anomaly_min_change,
-        opacity=config.anomaly_opacity,
-        thin_share=config.anomaly_thin_share,
     )
 
 
@@ -185,17 +179,6 @@ class PatchGuard(Detector):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, config.epochs), eta_min=config.lr * config.lr_final_factor
         )
-        average = None
-        if config.ema_decay:
-            average = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-        step_function = training_step
-        if config.adv_train and config.train_replays:
-            step_function = free_training_step
-        elif config.adv_train and config.train_objective == "trades":
-            step_function = trades_training_step
-        memory = None
-        if config.adv_train and config.train_reuse_perturbation:
-            memory = PerturbationMemory(len(images), tuple(images.shape[1:]), device)
         batch_size = min(config.batch_size, len(images))
         steps_per_epoch = max(1, len(images) // batch_size)  # drop the last partial batch
         progress = tqdm(total=config.epochs, desc="patchguard fit", disable=None)
@@ -203,11 +186,8 @@ class PatchGuard(Detector):
         # on an accelerator, the next batches' pseudo anomalies are drawn while this one trains (same draws)
         for batch in training_batches(images, pseudo, generator, batch_size, config.epochs,
                                       prefetch=device.type != "cpu"):
-            total += step_function(self, optimizer, batch.normal.to(device), batch.anomalous.to(device).float(),
-                                   batch.masks.to(device).float(), eps=training_eps(config, batch.epoch / config.epochs),
-                                   memory=memory, index=batch.index)
-            if average is not None:
-                average.update_parameters(self.net)
+            total += training_step(self, optimizer, batch.normal.to(device), batch.anomalous.to(device).float(),
+                                   batch.masks.to(device).float())
             if batch.step < steps_per_epoch - 1:
                 continue
             if not math.isfinite(total):
@@ -223,6 +203,4 @@ class PatchGuard(Detector):
             if after_epoch is not None:
                 self._observe(after_epoch, batch.epoch + 1, device)
         progress.close()
-        if average is not None:
-            self.net.load_state_dict(average.module.state_dict())
         self.eval()

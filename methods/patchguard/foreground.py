@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from robustad.bench.cache import cache_root
+from robustad.core.cache import cache_root
 from robustad.core.files import file_sha256, torch_save_atomic
 from robustad.methods import efficientnet_lite0
 

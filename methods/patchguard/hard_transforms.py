@@ -151,27 +151,12 @@ def changed_fraction(before: torch.Tensor, after: torch.Tensor, region: torch.Te
     return float(changed[region].float().mean()) if bool(region.any()) else 1.0
 
 
-def blend(crop: torch.Tensor, transformed: torch.Tensor, region: torch.Tensor, opacity: float,
-          min_change: float = CHANGED_PIXEL_DELTA) -> torch.Tensor:
-    """crop + β·(transformed − crop) with β = `opacity`, raised (up to 1) until half of `region`'s
-    pixels differ from `crop` by more than `min_change`: a faint anomaly, not an invisible one."""
-    change = (transformed - crop).abs().amax(0)[region]
-    typical = float(change.quantile(1 - MIN_CHANGED_FRACTION)) if change.numel() else 0.0
-    needed = min_change / typical if typical > 0 else 1.0  # half unchanged: no β helps, keep it all
-    beta = min(1.0, max(opacity, needed * 1.01))
-    return (crop + beta * (transformed - crop)).clamp(0, 1)
-
-
 def apply_hard_transforms(crop: torch.Tensor, region: torch.Tensor, k_hard: int, generator: torch.Generator,
-                          min_change: float = CHANGED_PIXEL_DELTA,
-                          opacity: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, list[str]]:
+                          min_change: float = CHANGED_PIXEL_DELTA) -> tuple[torch.Tensor, list[str]]:
     """Applies `k_hard` distinct transforms drawn from `HARD_TRANSFORMS` to a crop (3, h, w).
 
-    `region` (h, w) bool marks the pixels that will be used (the mask inside the crop). With
-    `opacity` = (low, high) below (1, 1) the result is blended back into the crop,
-    crop + β·(transformed − crop), β ~ U(low, high) (DRAEM's opacity), but β is raised as far as
-    needed for half the region to change by more than `min_change` (`blend`). If fewer than half
-    of the region's pixels changed by more than `min_change`, `FALLBACK_TRANSFORMS` are added.
+    `region` (h, w) bool marks the pixels that will be used (the mask inside the crop). If fewer
+    than half of the region's pixels changed by more than `min_change`, `FALLBACK_TRANSFORMS` are added.
     Returns the crop and the names applied.
     """
     if not 1 <= k_hard <= len(HARD_TRANSFORMS):
@@ -181,8 +166,6 @@ def apply_hard_transforms(crop: torch.Tensor, region: torch.Tensor, k_hard: int,
     out = crop
     for name in chosen:
         out = HARD_TRANSFORMS[name](out, generator).clamp(0, 1)
-    if tuple(opacity) != (1.0, 1.0):
-        out = blend(crop, out, region, _uniform(generator, *opacity), min_change)
     for name in FALLBACK_TRANSFORMS:
         if changed_fraction(crop, out, region, min_change) >= MIN_CHANGED_FRACTION:
             break

@@ -20,7 +20,6 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from robustad.methods.patchguard.config import PatchGuardConfig
-from robustad.methods.patchguard.conv_stem import conv_stem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -125,8 +124,6 @@ class PatchGuardNet(nn.Module):
             class_token=False,
             init_values=config.layer_scale_init or None,
         )
-        if config.patch_embed == "conv":
-            self.vit.patch_embed.proj = conv_stem(config.patch_size, config.vit_embed_dim)
         if config.discriminator:
             self.head = AttentionDiscriminator(
                 config.vit_embed_dim, config.num_patches, config.disc_heads, config.disc_mlp_dim, config.dropout

@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import torch
 
-from robustad.bench.registry import Registry
+from robustad.core.registry import Registry
 from robustad.methods.patchguard.foreground import ForegroundEstimator
 from robustad.methods.patchguard.hard_transforms import CHANGED_PIXEL_DELTA, apply_hard_transforms
 
@@ -138,29 +138,17 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
     `k_hard` (hard transforms per anomaly, default 2; 1–8), `size_range` (w, h ~ U(low·W, high·W),
     default the paper's (0.05, 0.3); the official code draws larger cut-paste regions), `min_change`
     (fewer than half the mask's pixels changed by more than this: a colour change, then heavy noise,
-    are added; default 4/255), `opacity` (β ~ U(low, high): the transformed region blended in at
-    opacity β, raised where needed to meet `min_change`; default (1, 1), no blending), `thin_share`
-    (this share of the rectangles gets one side, drawn at random, of U(0.02, 0.05) of the image side:
-    scratch-like lines, as CutPaste's "scar"; default 0).
+    are added; default 4/255).
     """
 
     name = "ours"
     SIZE_RANGE = (0.05, 0.3)  # of the image width (height) for w (h)
-    THIN_WIDTH = (0.02, 0.05)  # the thin side of a line-shaped anomaly (`thin_share`), of the image side
     MAX_ANGLE = 45.0  # degrees
     FOREGROUND_THRESHOLD = 0.25  # anchors are drawn where G(x) >= this (G's maximum is 1)
 
     def __init__(self, foreground: str = "auto", gradcam_weights: str | None = None,
                  cache_dir: str | None = None, k_soft: int = 3, k_hard: int = 2,
-                 size_range: tuple[float, float] = SIZE_RANGE, min_change: float = CHANGED_PIXEL_DELTA,
-                 opacity: tuple[float, float] = (1.0, 1.0), thin_share: float = 0.0):
-        if not 0 <= thin_share <= 1:
-            raise ValueError(f"--config anomaly_thin_share={thin_share}: expected a share of the pseudo anomalies in [0, 1]")
-        self.thin_share = float(thin_share)
-        if not 0 < opacity[0] <= opacity[1] <= 1:
-            raise ValueError(f"--config anomaly_opacity={tuple(opacity)}: expected LOW,HIGH with 0 < LOW <= HIGH <= 1 "
-                             f"(1,1: no blending)")
-        self.opacity = (float(opacity[0]), float(opacity[1]))
+                 size_range: tuple[float, float] = SIZE_RANGE, min_change: float = CHANGED_PIXEL_DELTA):
         if not 0 < size_range[0] <= size_range[1] <= 1:
             raise ValueError(f"anomaly size range {size_range}: expected 0 < low <= high <= 1")
         self.size_range = (float(size_range[0]), float(size_range[1]))
@@ -199,12 +187,6 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
         sizes = torch.stack((uniform(generator, low * width, high * width, count),
                              uniform(generator, low * height, high * height, count)), dim=1)
         angles = uniform(generator, -self.MAX_ANGLE, self.MAX_ANGLE, count)
-        if self.thin_share > 0:  # scratch-like lines: one side, drawn at random, made thin
-            thin = torch.rand(count, generator=generator) < self.thin_share
-            side = torch.randint(0, 2, (count,), generator=generator)
-            low, high = self.THIN_WIDTH
-            widths = uniform(generator, low * min(height, width), high * min(height, width), count)
-            sizes[thin, side[thin]] = widths[thin]
         return Rectangles(centres, sizes, angles)
 
     def __call__(self, images: torch.Tensor, indices: torch.Tensor,
@@ -220,8 +202,7 @@ class ForegroundAwareGenerator(PseudoAnomalyGenerator):
             top, bottom, left, right = bounding_box(region)
             crop = images[b, :, top:bottom, left:right]
             inside = region[top:bottom, left:right]
-            transformed, _ = apply_hard_transforms(crop, inside, self.k_hard, generator, self.min_change,
-                                                   self.opacity)
+            transformed, _ = apply_hard_transforms(crop, inside, self.k_hard, generator, self.min_change)
             out[b, :, top:bottom, left:right] = torch.where(inside, transformed, crop)
         return out.to(device), masks.to(device)
 
@@ -230,17 +211,14 @@ def create_pseudo_anomaly_generator(name: str, *, foreground: str = "auto", grad
                                     cache_dir: str | None = None, k_soft: int = 3,
                                     k_hard: int = 2,
                                     size_range: tuple[float, float] = ForegroundAwareGenerator.SIZE_RANGE,
-                                    min_change: float = CHANGED_PIXEL_DELTA,
-                                    opacity: tuple[float, float] = (1.0, 1.0),
-                                    thin_share: float = 0.0) -> PseudoAnomalyGenerator:
+                                    min_change: float = CHANGED_PIXEL_DELTA) -> PseudoAnomalyGenerator:
     """Builds a generator by name (one of `GENERATORS`). The foreground options (`foreground`,
     `gradcam_weights`, `cache_dir`, `k_soft`) and `k_hard` configure "ours"; the other generators
     follow their own papers and ignore them (Table 6 keeps the rest of the pipeline fixed)."""
     cls = PSEUDO_ANOMALY_GENERATORS.get(name)
     if cls is ForegroundAwareGenerator:
         return cls(foreground=foreground, gradcam_weights=gradcam_weights, cache_dir=cache_dir,
-                   k_soft=k_soft, k_hard=k_hard, size_range=size_range, min_change=min_change, opacity=opacity,
-                   thin_share=thin_share)
+                   k_soft=k_soft, k_hard=k_hard, size_range=size_range, min_change=min_change)
     return cls()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robustad.bench.choices import Choice
+from robustad.core.choices import Choice
 
 
 class Profile(Choice):
