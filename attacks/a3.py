@@ -101,6 +101,8 @@ class A3(Attack):
     """Adaptive Auto Attack (A³): ADI-initialized margin PGD with online discarding."""
 
     name = "a3"
+    display_name = "A³"
+    table_order = 60
     default_steps = 100
 
     def __init__(

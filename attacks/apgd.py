@@ -179,6 +179,8 @@ class APGD(Attack):
     """Auto-PGD (APGD-CE by default), L∞ or L2; `loss` is `ce` or `margin`."""
 
     name = "apgd"
+    display_name = "APGD"
+    table_order = 30
     default_steps = 100
 
     def __init__(self, threat, *, loss: str = "ce", random_init: bool = True, rho: float = RHO, **kwargs):

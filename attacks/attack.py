@@ -35,6 +35,8 @@ class Attack:
     """Base of every attack. `norms` lists the norms the algorithm supports."""
 
     name: ClassVar[str] = "attack"
+    display_name: ClassVar[str | None] = None  # the label in tables and reports (default: `name`)
+    table_order: ClassVar[int] = 50  # table columns sort by it, then by name
     norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
     # True when `steps` counts queries (black-box attacks): a profile's default number of gradient
     # iterations does not apply, the attack's own `default_steps` does.

@@ -41,6 +41,8 @@ class AutoAttack(Attack):
     """The per-image worst case over APGD-CE, PGD-margin, APGD-margin and Square."""
 
     name = "autoattack"
+    display_name = "AutoAttack"
+    table_order = 40
     default_steps = 100
 
     def __init__(self, threat, *, square_queries: int = 5000, **kwargs):

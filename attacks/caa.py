@@ -102,6 +102,8 @@ class CAA(Attack):
     """Composite adversarial attack: CAA's published best L∞ / L2 policies, run in sequence."""
 
     name = "caa"
+    display_name = "CAA"
+    table_order = 50
     default_steps = 200
 
     def __init__(

@@ -17,6 +17,8 @@ class FGSM(Attack):
     """Fast gradient sign method: a single step of size ε."""
 
     name = "fgsm"
+    display_name = "FGSM"
+    table_order = 20
     default_steps = 1
 
     def __init__(self, threat, *, keep_best: bool = True, **kwargs):

@@ -28,6 +28,8 @@ class PGD(Attack):
     """Projected gradient descent, L∞ or L2, any number of steps (`pgd-1000`)."""
 
     name = "pgd"
+    display_name = "PGD"
+    table_order = 10
 
     def __init__(self, threat, *, keep_best: bool = True, cuda_graph: bool = False, **kwargs):
         super().__init__(threat, **kwargs)

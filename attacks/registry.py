@@ -2,28 +2,25 @@
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Any
 
 from robustad.attacks.threat_model import ThreatModel, parse_eps
+from robustad.core.parsing import split_steps_suffix
 from robustad.core.registry import Registry, drop_none
 
 ATTACKS: Registry = Registry("attack")
 register_attack = ATTACKS.register
 
 THREAT_FIELDS = ("norm", "eps", "steps", "step_size", "restarts", "random_start", "seed")
-_STEPS_SUFFIX = re.compile(r"^(?P<name>[a-z0-9_]+?)-(?P<steps>\d+)$")
 
 
 def split_attack_name(name: str) -> tuple[str, int | None]:
-    """"pgd-1000" -> ("pgd", 1000); "sea" -> ("sea", None)."""
+    """"pgd-1000" -> ("pgd", 1000); "sea" -> ("sea", None); a suffix of an unknown base is kept."""
     name = name.strip().lower()
     if name in ATTACKS:
         return name, None
-    match = _STEPS_SUFFIX.match(name)
-    if match and match["name"] in ATTACKS:
-        return match["name"], int(match["steps"])
-    return name, None
+    base, steps = split_steps_suffix(name)
+    return (base, steps) if base in ATTACKS else (name, None)
 
 
 def constructor_options(cls) -> dict:

@@ -50,6 +50,8 @@ class SEA(Attack):
     """SEA over per-unit losses with progressive radius reduction, L∞ or L2."""
 
     name = "sea"
+    display_name = "SEA"
+    table_order = 90
     default_steps = 300
 
     def __init__(self, threat, *, losses: str | tuple[str, ...] = SEA_LOSSES, track: str = "ce", **kwargs):

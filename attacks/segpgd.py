@@ -38,6 +38,8 @@ class SegPGD(Attack):
     """SegPGD on per-unit two-class logits, L∞ or L2."""
 
     name = "segpgd"
+    display_name = "SegPGD"
+    table_order = 80
     default_steps = 20
 
     def __init__(self, threat, *, random_init: bool = True, **kwargs):

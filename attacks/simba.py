@@ -46,6 +46,8 @@ class SimBA(Attack):
     """SimBA black-box attack (DCT or pixel basis), query budget = steps per image."""
 
     name = "simba"
+    display_name = "SimBA"
+    table_order = 100
     default_steps = 1000
     steps_are_queries = True
 

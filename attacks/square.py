@@ -75,6 +75,8 @@ class Square(Attack):
     """Square Attack (L∞ or L2) on the margin flip loss; forward passes only."""
 
     name = "square"
+    display_name = "Square"
+    table_order = 70
     default_steps = 5000
     steps_are_queries = True
 

@@ -4,36 +4,17 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from robustad.core.choices import Choice
+from robustad.core.parsing import parse_eps  # noqa: F401  (re-exported: robustad.attacks.parse_eps)
 
 
 class Norm(Choice):
     LINF = "linf"
     L2 = "l2"
-
-
-def parse_eps(text: "str | float") -> float:
-    """Parses an ε such as "8/255" or "0.0314"; rejects negatives and non-numbers."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        raw = str(text).strip()
-        try:
-            if "/" in raw:
-                num, den = raw.split("/", 1)
-                value = float(num) / float(den)
-            else:
-                value = float(raw)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"--eps {text!r}: expected a number such as 8/255 or 0.0314") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"--eps {text!r}: expected a finite number >= 0")
-    return value
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from robustad.attacks.threat_model import parse_eps
+from robustad.core.parsing import parse_eps, parse_number
 from robustad.core.profiles import Profile
 
 DEFAULT_RESULTS = "results"
@@ -83,8 +83,8 @@ def parse_option_value(text: str):
     except ValueError:
         pass
     try:
-        return parse_eps(text)
-    except (ValueError, ZeroDivisionError):
+        return parse_number(text)
+    except ValueError:
         return text
 
 
@@ -123,13 +123,16 @@ def build_specs(args) -> list:
 
 
 def validate_run_arguments(args) -> None:
-    """Fails fast (before any training) on unknown methods, attacks, config keys and options."""
+    """Fails fast (before any training) on unknown methods, attacks, config keys and options.
+
+    Methods are checked through their configs, not built: the runner builds each detector once.
+    """
     from robustad.attacks import create_attack
-    from robustad.methods import create_method
+    from robustad.methods import method_config
 
     config = dict(parse_config_items(args.config))
     for method in args.method:
-        create_method(method, profile=args.profile, **config)
+        method_config(method, profile=args.profile, **config)
     for attack in args.attack or ["pgd"]:
         create_attack(attack, norm=args.norm, eps=parse_eps((args.eps or ["8/255"])[0]), steps=args.steps,
                       objective=args.objective, **attack_options_of(args))
@@ -144,7 +147,7 @@ def cmd_run(args) -> int:
     records = run_grid(specs, results=args.results, device=args.device, force=args.force,
                        precision=args.precision, attack_batch=args.attack_batch,
                        on_record=lambda r: print(format_cell_result(r), flush=True))
-    failed = [r for r in records if r.get("error")]
+    failed = [r for r in records if r.failed]
     print(f"{len(records) - len(failed)} cell(s) done, {len(failed)} failed; records in "
           f"{Path(args.results).resolve() / 'records'}")
     return 1 if failed else 0

@@ -1,6 +1,6 @@
 """Detection and localization metrics, in percent: image AUROC, pixel AUROC, pixel AUPRO.
 
-PatchGuard (Nafez et al., CVPR 2025, https://arxiv.org/abs/2412.04287) reports image-level AUROC for
+PatchGuard (Nafez et al., CVPR 2025, https://arxiv.org/abs/2506.09237) reports image-level AUROC for
 anomaly detection (AD, Table 1) and pixel-level AUROC for anomaly localization (AL, Table 2), as
 "clean / adversarial" in percent. AUPRO (Bergmann et al., "The MVTec Anomaly Detection Dataset",
 IJCV 2021) is the per-region overlap metric most AL papers add; it is computed here as the MVTec AD

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import re
@@ -30,10 +29,10 @@ from robustad.attacks.registry import split_attack_name
 from robustad.attacks.batching import ChunkedAttack
 from robustad.bench.environment import git_revision, package_versions
 from robustad.core.profiles import EVAL_SETTINGS, Profile
-from robustad.bench.records import SCHEMA_VERSION, is_done, read_record, record_path, write_record
+from robustad.bench.records import Metrics, Record, is_done, now_iso, read_record, record_path, write_record
 from robustad.core.seeding import seed_everything
 from robustad.datasets import create_dataset, list_categories
-from robustad.methods import create_method
+from robustad.methods import create_method, typed_config_overrides
 from robustad.methods.checkpoint import CheckpointMismatchError, file_sha256
 
 
@@ -55,6 +54,12 @@ class CellSpec:
     root: str | None = None
     config: tuple[tuple[str, Any], ...] = ()  # method config overrides, sorted (key, value)
     attack_options: tuple[tuple[str, Any], ...] = ()  # loss, restarts, random_start, step_size
+
+    def __post_init__(self):
+        # Overrides as the config field's type ("0", 0 and 0.0 for a float field are one cell, one row);
+        # an unknown key or a value outside its field's domain is refused here, before any work.
+        typed = typed_config_overrides(self.method, self.profile, dict(self.config))
+        object.__setattr__(self, "config", tuple(sorted(typed.items())))
 
     @property
     def config_overrides(self) -> dict[str, Any]:
@@ -182,7 +187,7 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
 
 
 def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "cpu", force: bool = False,
-             precision: str = "fp32", progress: bool | None = None, log=None, attack_batch: int | None = None) -> dict:
+             precision: str = "fp32", progress: bool | None = None, log=None, attack_batch: int | None = None) -> Record:
     """Runs one cell and returns its record (the existing one when the cell is done)."""
     results = Path(results).expanduser().resolve()
     log = log or (lambda message: print(message, file=sys.stderr))
@@ -216,68 +221,42 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
     result = evaluate(detector, test_set, attack, batch_size=batch_size, device=torch_device,
                       precision=precision, max_images=settings.max_test_images, progress=progress)
     checks["inside_threat_model"] = True  # evaluate() raises otherwise
-    record = {
-        "schema": SCHEMA_VERSION,
-        "cell_id": cell_id,
-        "method": spec.method,
-        "dataset": spec.dataset,
-        "category": spec.category,
-        "attack": attack.describe()["attack"] if spec.attack.startswith("worst:") else spec.attack,
-        "objective": spec.objective,
-        "norm": spec.norm,
-        "eps": float(spec.eps),
-        "eps_text": spec.eps_text,
-        "steps": attack.describe()["steps"],
-        "attack_options": dict(spec.attack_options),
-        "seed": spec.seed,
-        "profile": profile.value,
-        "precision": precision,
-        "device": str(torch_device),
-        "root": str(train_set.format.root),
-        "config_overrides": spec.config_overrides,
-        "config": detector.config_dict(),
-        "n_test": result["n_test"],
-        "n_test_normal": result["n_test_normal"],
-        "n_test_anomalous": result["n_test_anomalous"],
-        "clean": result["clean"],
-        "adversarial": result["adversarial"],
-        "seconds": {"fit": fit_seconds, "checkpoint_reused": reused, **result["seconds"]},
-        "attack_config": attack.describe(),
-        "checks": checks,
-        "versions": package_versions(),
-        "git_revision": git_revision(),
-        "checkpoint_sha256": file_sha256(ckpt),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "error": None,
-    }
+    record = Record(
+        **{**cell_fields(spec),
+           "attack": attack.describe()["attack"] if spec.attack.startswith("worst:") else spec.attack,
+           "steps": attack.describe()["steps"], "profile": profile.value, "root": str(train_set.format.root)},
+        precision=precision,
+        device=str(torch_device),
+        config=detector.config_dict(),
+        n_test=result["n_test"],
+        n_test_normal=result["n_test_normal"],
+        n_test_anomalous=result["n_test_anomalous"],
+        clean=Metrics(**result["clean"]),
+        adversarial=Metrics(**result["adversarial"]),
+        seconds={"fit": fit_seconds, "checkpoint_reused": reused, **result["seconds"]},
+        attack_config=attack.describe(),
+        checks=checks,
+        versions=package_versions(),
+        git_revision=git_revision(),
+        checkpoint_sha256=file_sha256(ckpt),
+    )
     write_record(results, record)
     return record
 
 
-def failed_record(spec: CellSpec, error: BaseException) -> dict:
+def cell_fields(spec: CellSpec) -> dict[str, Any]:
+    """The record fields that name the cell (a failed cell's record has these and its error)."""
+    return dict(cell_id=spec.cell_id(), method=spec.method, dataset=spec.dataset, category=spec.category,
+                attack=spec.attack, objective=spec.objective, norm=spec.norm, eps=float(spec.eps),
+                eps_text=spec.eps_text, steps=spec.resolved_steps(), seed=spec.seed, profile=spec.profile,
+                root=spec.root, config_overrides=spec.config_overrides, attack_options=dict(spec.attack_options),
+                created=now_iso())
+
+
+def failed_record(spec: CellSpec, error: BaseException) -> Record:
     """The record of a cell that failed: the grid goes on, the failure is kept."""
-    return {
-        "schema": SCHEMA_VERSION,
-        "cell_id": spec.cell_id(),
-        "method": spec.method,
-        "dataset": spec.dataset,
-        "category": spec.category,
-        "attack": spec.attack,
-        "objective": spec.objective,
-        "norm": spec.norm,
-        "eps": float(spec.eps),
-        "eps_text": spec.eps_text,
-        "steps": spec.resolved_steps(),
-        "attack_options": dict(spec.attack_options),
-        "seed": spec.seed,
-        "profile": spec.profile,
-        "config_overrides": spec.config_overrides,
-        "clean": None,
-        "adversarial": None,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "error": f"{type(error).__name__}: {error}",
-        "traceback": traceback.format_exception(type(error), error, error.__traceback__)[-6:],
-    }
+    return Record(**cell_fields(spec), error=f"{type(error).__name__}: {error}",
+                  traceback=traceback.format_exception(type(error), error, error.__traceback__)[-6:])
 
 
 def expand_categories(dataset: str, root, category: str) -> list[str]:
@@ -300,7 +279,7 @@ def run_grid(specs: list[CellSpec], *, results="results", device="cpu", force=Fa
         except Exception as err:  # noqa: BLE001 - the failure is recorded, not swallowed
             record = failed_record(spec, err)
             write_record(Path(results).expanduser().resolve(), record)
-            log(f"cell {spec.cell_id()} failed: {record['error']}")
+            log(f"cell {spec.cell_id()} failed: {record.error}")
         records.append(record)
         if on_record:
             on_record(record)

@@ -1,6 +1,6 @@
 """Result tables in the PatchGuard paper's layouts, from the result records of `bench run`.
 
-PatchGuard (Nafez et al., CVPR 2025, https://arxiv.org/abs/2412.04287) reports AUROC in percent as
+PatchGuard (Nafez et al., CVPR 2025, https://arxiv.org/abs/2506.09237) reports AUROC in percent as
 "clean / adversarial". Three layouts:
 
 - `methods` (Tables 1 and 2): rows datasets, columns methods, each dataset's value the mean over its
@@ -30,10 +30,14 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from robustad.bench.record_loading import is_number, load_records, unique_cells
-from robustad.bench.records import records_dir
+from robustad.attacks.registry import split_attack_name
+from robustad.bench.display_names import (attack_display_name, attack_table_order, dataset_display_name,
+                                          dataset_table_order, method_display_name, method_table_order)
+from robustad.bench.record_loading import load_records, unique_cells
+from robustad.bench.records import Record, records_dir
 from robustad.bench.table_render import INCOMPLETE, Table, Value, render
 from robustad.core.files import write_text_atomic
+from robustad.core.parsing import parse_eps
 
 __all__ = ["build_table", "format_cell_result", "load_records", "table_path", "write_tables"]
 
@@ -45,17 +49,6 @@ TASK_METRIC = {"ad": "image_auroc", "al": "pixel_auroc"}
 TASK_OBJECTIVE = {"ad": "detection", "al": "localization"}
 
 
-DATASET_NAMES = {  # registry name (lower case, without - and _) -> name in the paper, in its order
-    "mvtec": "MVTec AD", "mvtecad": "MVTec AD", "visa": "VisA", "btad": "BTAD", "mpdd": "MPDD",
-    "wfdd": "WFDD", "dtd": "DTD-Synthetic", "dtdsynthetic": "DTD-Synthetic", "headct": "Head-CT",
-    "brats": "BraTS2021", "brats2021": "BraTS2021", "textures": "Textures",
-}
-_BASELINE_NAMES = {"patchcore": "PatchCore", "draem": "DRAEM", "simplenet": "SimpleNet", "glass": "GLASS",
-                   "recontrast": "ReContrast", "generalad": "GeneralAD"}
-METHOD_NAMES = {"patchguard": "PatchGuard", **_BASELINE_NAMES,
-                **{f"{k}-adv": f"{v} (adv.)" for k, v in _BASELINE_NAMES.items()}}
-ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "apgd": "APGD", "autoattack": "AutoAttack", "caa": "CAA",
-                "a3": "A³", "square": "Square", "segpgd": "SegPGD", "sea": "SEA", "simba": "SimBA"}
 NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 
 
@@ -63,24 +56,11 @@ NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 # Attack settings and selection
 
 
-def _parse_eps(value) -> float:
-    if is_number(value):
-        return float(value)
-    text = str(value).strip()
-    try:
-        if "/" in text:
-            top, bottom = text.split("/")
-            return float(top) / float(bottom)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"eps filter {value!r}: expected a number or a fraction such as 8/255") from None
-
-
 def _attack_and_steps(attack: str, steps: int | None) -> tuple[str, int | None]:
     """`pgd-1000` with steps 1000 (or null) is attack `pgd` with 1000 steps."""
-    match = re.fullmatch(r"(.+)-(\d+)", attack)
-    if match and (steps is None or steps == int(match.group(2))):
-        return match.group(1), int(match.group(2))
+    base, suffix = split_attack_name(attack)
+    if suffix is not None and (steps is None or steps == suffix):
+        return base, suffix
     return attack, steps
 
 
@@ -104,14 +84,13 @@ class AttackSetting:
 
     @classmethod
     def of(cls, record: dict) -> "AttackSetting":
-        attack, steps = _attack_and_steps(record["attack"], record["steps"])
-        eps = round(float(record["eps"]), 6)
-        return cls(record["profile"], attack, -1 if steps is None else steps, record["objective"],
-                   record["norm"], eps, record.get("eps_text") or f"{eps:g}",
-                   _options_text(record.get("attack_options") or {}))
+        attack, steps = _attack_and_steps(record.attack, record.steps)
+        eps = round(float(record.eps), 6)
+        return cls(record.profile, attack, -1 if steps is None else steps, record.objective,
+                   record.norm, eps, record.eps_text or f"{eps:g}", _options_text(record.attack_options))
 
     def attack_label(self) -> str:
-        name = ATTACK_NAMES.get(self.attack, self.attack)
+        name = attack_display_name(self.attack)
         label = f"{name}-{self.steps}" if self.steps > 1 else name
         return f"{label} [{self.options}]" if self.options else label
 
@@ -126,7 +105,7 @@ def _matches(record: dict, filters: dict) -> bool:
         if wanted is None:
             continue
         if key == "eps":
-            if not math.isclose(setting.eps, _parse_eps(wanted), rel_tol=1e-4, abs_tol=1e-6):
+            if not math.isclose(setting.eps, parse_eps(wanted), rel_tol=1e-4, abs_tol=1e-6):
                 return False
         elif key == "attack":
             attack, steps = _attack_and_steps(str(wanted), None)
@@ -136,10 +115,10 @@ def _matches(record: dict, filters: dict) -> bool:
             if setting.steps != int(wanted):
                 return False
         elif key == "method":
-            if wanted not in (record["method"], record.get("method_base")):
+            if wanted not in (record.method_label, record.method):
                 return False
         elif key == "dataset":
-            if record[key] != wanted:
+            if record.dataset != wanted:
                 return False
         elif getattr(setting, key) != str(getattr(wanted, "value", wanted)):
             return False
@@ -171,9 +150,8 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _metric(record: dict, phase: str, metric: str) -> float | None:
-    block = record.get(phase)
-    return None if block is None or record.get("error") is not None else block.get(metric)
+def _metric(record: Record, phase: str, metric: str) -> float | None:
+    return record.metric(phase, metric)
 
 
 def _category_means(records: list[dict], phase: str, metric: str) -> dict[str, float | None]:
@@ -184,7 +162,7 @@ def _category_means(records: list[dict], phase: str, metric: str) -> dict[str, f
     """
     by_seed: dict[tuple, list] = {}
     for record in records:
-        by_seed.setdefault((record["category"], record["seed"]), []).append(_metric(record, phase, metric))
+        by_seed.setdefault((record.category, record.seed), []).append(_metric(record, phase, metric))
     by_category: dict[str, list] = {}
     for (category, _), values in by_seed.items():
         by_category.setdefault(category, []).append(_mean(values))
@@ -210,22 +188,16 @@ def _bold_extreme(values: list[Value], highest: bool) -> list[Value]:
 # Layouts
 
 
-def _order_key(table: dict):
-    return lambda name: (list(dict.fromkeys(table.values())).index(table[_norm_name(name)])
-                         if _norm_name(name) in table else len(table), name)
-
-
 def _norm_name(name: str) -> str:
     return re.sub(r"[-_ ]", "", name.lower())
 
 
 def dataset_name(name: str) -> str:
-    return DATASET_NAMES.get(_norm_name(name), name)
+    return dataset_display_name(name)
 
 
 def method_name(name: str) -> str:
-    base, sep, variant = name.partition(" (")
-    return METHOD_NAMES.get(base.lower(), base) + (f" ({variant}" if sep else "")
+    return method_display_name(name)
 
 
 def category_name(name: str) -> str:
@@ -233,12 +205,13 @@ def category_name(name: str) -> str:
 
 
 def _datasets(records) -> list[str]:
-    return sorted({r["dataset"] for r in records}, key=_order_key(DATASET_NAMES))
+    return sorted({r.dataset for r in records}, key=lambda d: (dataset_table_order(d), d))
 
 
 def _methods(records) -> list[str]:
     # the paper's order puts its own method last
-    return sorted({r["method"] for r in records}, key=lambda m: (m.lower() == "patchguard", method_name(m).lower()))
+    labels = {r.method_label: r.method for r in records}
+    return sorted(labels, key=lambda label: (method_table_order(labels[label]), method_name(label).lower(), label))
 
 
 def _incomplete_note(rows, what: str) -> str:
@@ -248,7 +221,7 @@ def _incomplete_note(rows, what: str) -> str:
 
 
 def _failures_note(records) -> str:
-    failed = sum(1 for r in records if r.get("error") is not None)
+    failed = sum(1 for r in records if r.failed)
     return f" {failed} of {len(records)} cells failed and count as missing (–)." if failed else ""
 
 
@@ -267,15 +240,15 @@ def _methods_tables(records, task, filters) -> list[Table]:
     methods = _methods(chosen)
     rows, per_method = [], {m: {"clean": [], "adversarial": []} for m in methods}
     for dataset in _datasets(chosen):
-        of_dataset = [r for r in chosen if r["dataset"] == dataset]
-        n_categories = len({r["category"] for r in of_dataset})
+        of_dataset = [r for r in chosen if r.dataset == dataset]
+        n_categories = len({r.category for r in of_dataset})
         cells = {}
         for method in methods:
-            mine = [r for r in of_dataset if r["method"] == method]
+            mine = [r for r in of_dataset if r.method_label == method]
             cells[method] = {phase: _dataset_mean(mine, phase, metric, n_categories) if mine else Value(None)
                              for phase in ("clean", "adversarial")}
         nothing = all(v.number is None for c in cells.values() for v in c.values())
-        if nothing and not any(r.get("error") for r in of_dataset):
+        if nothing and not any(r.failed for r in of_dataset):
             continue  # a metric the dataset cannot have (pixel AUROC without masks)
         for method in methods:
             for phase in ("clean", "adversarial"):
@@ -316,7 +289,7 @@ def _categories_tables(records, filters) -> list[Table]:
     tables = []
     for method in _methods(chosen):
         for dataset in _datasets(chosen):
-            mine = [r for r in chosen if r["method"] == method and r["dataset"] == dataset]
+            mine = [r for r in chosen if r.method_label == method and r.dataset == dataset]
             if not mine:
                 continue
             means = [_category_means(mine, phase, metric) for phase, metric in columns]
@@ -340,10 +313,10 @@ def _categories_tables(records, filters) -> list[Table]:
 
 def _attacks_tables(records, filters) -> list[Table]:
     chosen = _filtered(records, filters)
-    profile, _ = _most_common(chosen, lambda r: r["profile"])
-    chosen = [r for r in chosen if r["profile"] == profile]
+    profile, _ = _most_common(chosen, lambda r: r.profile)
+    chosen = [r for r in chosen if r.profile == profile]
     settings = sorted({AttackSetting.of(r) for r in chosen},
-                      key=lambda s: (list(ATTACK_NAMES).index(s.attack) if s.attack in ATTACK_NAMES else len(ATTACK_NAMES),
+                      key=lambda s: (attack_table_order(s.attack),
                                      s.attack, s.norm, s.eps, s.objective, s.steps))
     varying = {f for f in ("objective", "norm", "eps_text") if len({getattr(s, f) for s in settings}) > 1}
 
@@ -357,10 +330,10 @@ def _attacks_tables(records, filters) -> list[Table]:
     groups = []
     for method in methods:
         for dataset in _datasets(chosen):
-            mine = [r for r in chosen if r["method"] == method and r["dataset"] == dataset]
+            mine = [r for r in chosen if r.method_label == method and r.dataset == dataset]
             if not mine:
                 continue
-            n_categories = len({r["category"] for r in chosen if r["dataset"] == dataset})
+            n_categories = len({r.category for r in chosen if r.dataset == dataset})
             group = []
             for task in TASKS:
                 metric = TASK_METRIC[task]
@@ -433,14 +406,14 @@ def write_tables(results_dir, layout: str = "methods", task: str = "ad", fmt: st
 def format_cell_result(record: dict) -> str:
     """One record as a small text table (clean vs adversarial image/pixel AUROC and AUPRO)."""
     setting = AttackSetting.of(record)
-    head = (f"{method_name(record['method'])} on {dataset_name(record['dataset'])}/{record['category']}, "
-            f"{setting.describe()}, seed {record['seed']}")
-    if record.get("error") is not None:
-        return f"{head}\nFAILED: {record['error']}"
+    head = (f"{method_name(record.method_label)} on {dataset_name(record.dataset)}/{record.category}, "
+            f"{setting.describe()}, seed {record.seed}")
+    if record.failed:
+        return f"{head}\nFAILED: {record.error}"
     rows = [[title] + [Value(_metric(record, phase, key)).text() for phase in ("clean", "adversarial")]
             for title, key in (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"),
                                ("pixel AUPRO", "pixel_aupro"))]
     body = tabulate(rows, headers=["metric (%)", "clean", "adversarial"], tablefmt="simple", disable_numparse=True,
                     colalign=("left", "right", "right"))
-    counts = f"{record.get('n_test', '?')} test images ({record.get('n_test_anomalous', '?')} anomalous)"
+    counts = f"{record.n_test} test images ({record.n_test_anomalous} anomalous)"
     return f"{head}\n{body}\n{counts}"

@@ -50,6 +50,12 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Removes a plug-in (tests that register a temporary one clean up with this)."""
+        if name not in self._entries:
+            raise UnknownNameError(f"{self.kind} {name!r} is not registered")
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name].target

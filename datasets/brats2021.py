@@ -68,7 +68,8 @@ def _nibabel():
     try:
         import nibabel
     except ImportError:
-        raise DatasetError("reading BraTS2021 NIfTI volumes needs nibabel: pip install nibabel") from None
+        raise DatasetError("reading BraTS2021 NIfTI volumes needs nibabel: pip install 'robustad[medical]' "
+                           "(or pip install nibabel)") from None
     return nibabel
 
 

@@ -37,6 +37,10 @@ from robustad.datasets.image_io import DatasetError
 from robustad.datasets.registry import DATASETS
 
 CHUNK_BYTES = 1 << 20
+# Python's tar extraction filters (3.12, and backported to 3.10.12 / 3.11.4): "data" refuses links
+# out of the tree and special files. Older 3.10/3.11 releases lack them; `check_member` has already
+# refused every such member, so they extract without one.
+TAR_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 DOWNLOAD_FOLDER = ".downloads"
 
 
@@ -187,7 +191,7 @@ def extract(archive: Path, root: Path) -> None:
                 z.extractall(staging)
         else:
             with tarfile.open(archive) as t:
-                t.extractall(staging, filter="data")
+                t.extractall(staging, **TAR_FILTER)
         entries = sorted(staging.iterdir())
         clashes = [e.name for e in entries if (root / e.name).exists()]
         if clashes:

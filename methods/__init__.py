@@ -1,7 +1,8 @@
 """Detectors: the interface (`Detector`), the registry and one adapter per method."""
 from robustad.methods.checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from robustad.methods.detector import Detector, DetectorConfig
-from robustad.methods.registry import METHODS, create_method, register_method, resolve_method
+from robustad.methods.registry import (METHODS, create_method, method_config, register_method, resolve_method,
+                                       typed_config_overrides)
 
 # Registered methods (explicit imports fill the registry).
 from robustad.methods import patchguard  # noqa: E402,F401  isort: skip
@@ -13,8 +14,10 @@ __all__ = [
     "DetectorConfig",
     "METHODS",
     "create_method",
+    "method_config",
     "load_checkpoint",
     "register_method",
     "resolve_method",
     "save_checkpoint",
+    "typed_config_overrides",
 ]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustad.core.parsing import parse_number
 from robustad.core.profiles import Profile
 from robustad.methods.config_fields import ConfigValueError, check_config, in_range, normalize_numbers
 
@@ -46,6 +47,8 @@ class Detector(nn.Module):
     """
 
     name: ClassVar[str] = "detector"
+    display_name: ClassVar[str | None] = None  # the label in tables and reports (default: the class name)
+    table_order: ClassVar[int] = 50  # table columns sort by it, then by label (PatchGuard, the paper's own, 100)
     config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
     profiles: ClassVar[dict[Profile, DetectorConfig]] = {}
 
@@ -79,7 +82,8 @@ class Detector(nn.Module):
 
     # -- checkpoints -----------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config)
+        """The config as stored in records and checkpoints (a plug-in's own `image_size` included)."""
+        return {**dataclasses.asdict(self.config), "image_size": self.image_size}
 
     def save_checkpoint(self, path) -> None:
         from robustad.methods.checkpoint import save_checkpoint
@@ -145,10 +149,4 @@ def coerce_field(method: str, field: dataclasses.Field, base: DetectorConfig, va
         ) from None
 
 
-def parse_number(text: str) -> float:
-    """Parses "0.5", "8/255" or "1e-3" as a float."""
-    text = str(text).strip()
-    if "/" in text:
-        num, den = text.split("/", 1)
-        return float(num) / float(den)
-    return float(text)
+

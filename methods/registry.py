@@ -6,6 +6,7 @@ importable from the current directory or the Python path.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,18 +41,51 @@ def resolve_method(name: str) -> type:
     return METHODS.get(name)
 
 
+def takes_config(cls: type) -> bool:
+    """Whether a Detector class accepts a config (`__init__(self, config=None, **overrides)`, as the
+    built-in methods) or is a config-less plug-in (`__init__(self)`)."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return bool(parameters)
+
+
+def _refuse_config(name: str, cls: type, keys) -> None:
+    raise ValueError(f"--method {name!r}: {cls.__name__} takes no config (its constructor has no arguments), "
+                     f"so --config {', '.join(sorted(keys))} cannot be applied; give the class a config "
+                     f"dataclass (see the Detector contract) or drop --config")
+
+
+def method_config(name: str, profile: str | Profile = Profile.QUICK, **overrides: Any):
+    """The config `create_method` would build, without building the detector (checks names, keys and
+    domains before any work); None for a config-less plug-in (which refuses overrides)."""
+    from robustad.methods.detector import make_config
+
+    cls = resolve_method(name)
+    profile = Profile.parse(profile)
+    overrides = drop_none(overrides)
+    if not takes_config(cls):
+        if overrides:
+            _refuse_config(name, cls, overrides)
+        return None
+    preset = cls.profiles.get(profile) or cls.profiles.get(Profile.QUICK) or cls.config_class()
+    return make_config(cls, preset, **overrides)
+
+
+def typed_config_overrides(name: str, profile: str | Profile, overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` ("0", "8/255", "true" ...) as the values the method's config stores (0.0, 0.0313..., True)."""
+    config = method_config(name, profile, **overrides)
+    return {key: getattr(config, key) for key in overrides} if config is not None else {}
+
+
 def create_method(name: str, *, profile: str | Profile = Profile.QUICK, seed: int | None = None, **config: Any):
     """Builds a detector: the profile's config preset with `config` overrides (None values ignored).
 
     `seed`: when given, every random generator is seeded with it (`robustad.core.seeding`) right
     before the detector is constructed, so its initial weights are a function of the seed; seed
-    again before `fit` (the runner does both).
+    again before `fit` (the runner does both). A config-less plug-in (`__init__(self)`) is built
+    as `cls()` and refuses config overrides.
     """
+    built = method_config(name, profile, **config)
     cls = resolve_method(name)
-    profile = Profile.parse(profile)
-    preset = cls.profiles.get(profile)
-    if preset is None:
-        preset = cls.profiles.get(Profile.QUICK) or cls.config_class()
     if seed is not None:
         seed_everything(seed)
-    return cls(preset, **drop_none(config))
+    return cls() if built is None else cls(built)

@@ -53,10 +53,8 @@ def test_batch(mvtec_root):
 
 
 def test_every_family_is_registered_clean_and_adv():
-    names = set(baseline_names())
-    for family in ("patchcore", "simplenet", "draem", "glass", "recontrast", "generalad"):
-        if family in names:
-            assert f"{family}-adv" in names
+    families = ("patchcore", "simplenet", "draem", "glass", "recontrast", "generalad")
+    assert set(baseline_names()) == {*families, *(f"{family}-adv" for family in families)}
 
 
 @pytest.mark.parametrize("name", baseline_names())

@@ -37,11 +37,11 @@ def test_run_cell_reads_the_dataset_as_it_comes(name, tmp_path, monkeypatch):
     record = run_cell(CellSpec(method=TINY, dataset=name, category=category, root=str(tmp_path / "data"), steps=2,
                                config=(("steps", 8),)),
                       results=tmp_path / "results", log=lambda message: None)
-    assert record["error"] is None and record["dataset"] == name and record["category"] == category
-    assert record["n_test_anomalous"] > 0 and record["n_test_normal"] > 0
+    assert record.error is None and record.dataset == name and record.category == category
+    assert record.n_test_anomalous > 0 and record.n_test_normal > 0
     for block in ("clean", "adversarial"):
-        assert 0 <= record[block]["image_auroc"] <= 100
+        assert 0 <= getattr(record, block).image_auroc <= 100
         if name == "headct":
-            assert record[block]["pixel_auroc"] is None and record[block]["pixel_aupro"] is None
+            assert getattr(record, block).pixel_auroc is None and getattr(record, block).pixel_aupro is None
         else:
-            assert 0 <= record[block]["pixel_auroc"] <= 100
+            assert 0 <= getattr(record, block).pixel_auroc <= 100

@@ -158,3 +158,18 @@ def test_options_are_checked_before_any_network_access(tmp_path):
         download_dataset("nope", tmp_path)
     assert set(KNOWN_SOURCES) == {"mvtec", "visa", "btad"}
     assert all(len(s.sha256) == 64 and s.url.startswith("https://") for s in KNOWN_SOURCES.values())
+
+
+def test_pythons_without_tar_filters_extract_the_same_and_refuse_the_same(server, tmp_path, monkeypatch):
+    from robustad.datasets import download
+
+    monkeypatch.setattr(download, "TAR_FILTER", {})  # Python 3.10.0-3.10.11 / 3.11.0-3.11.3
+    data = mvtec_tar(tmp_path)
+    server.files["/mvtec.tar.gz"] = data
+    root = download_dataset("mvtec", tmp_path / "data", url=url_of(server, "/mvtec.tar.gz"), sha256=sha(data),
+                            progress=False, timeout=10)
+    assert (root / "bottle" / "train" / "good").is_dir()
+    server.files["/link.tar"] = symlink_tar()
+    with pytest.raises(DownloadError, match="refusing to extract .*is a link"):
+        download_dataset("folder", tmp_path / "other", url=url_of(server, "/link.tar"), sha256=sha(symlink_tar()),
+                         progress=False, timeout=10)

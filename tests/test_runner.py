@@ -3,15 +3,14 @@ import json
 
 import pytest
 
-from robustad.attacks import Attack, ThreatModelViolation, register_attack
+from robustad.attacks import ATTACKS, Attack, ThreatModelViolation, register_attack
 from robustad.bench.cli import main
-from robustad.bench.records import read_record
+from robustad.bench.records import Record, read_record
 from robustad.bench.runner import CellSpec, run_cell, run_grid
 
 TINY = "tests.tiny_detector:TinyDetector"
 
 
-@register_attack("test-cheat")
 class CheatingAttack(Attack):
     """Leaves the ε-ball on purpose (the runner must catch it)."""
 
@@ -19,6 +18,14 @@ class CheatingAttack(Attack):
 
     def perturb(self, objective, images):
         return (images + 3 * self.threat.eps).clamp(0, 1)
+
+
+@pytest.fixture
+def cheating_attack():
+    """Registered for one test only, so it never joins other tests' parametrization over ATTACKS."""
+    register_attack("test-cheat")(CheatingAttack)
+    yield "test-cheat"
+    ATTACKS.unregister("test-cheat")
 
 
 def spec(root, category="alpha", attack="pgd", **kw):
@@ -32,17 +39,17 @@ def test_bench_run_writes_one_record(mvtec_root, tmp_path, capsys):
     assert code == 0
     files = list((tmp_path / "records").glob("*.json"))
     assert len(files) == 1
-    record = json.loads(files[0].read_text())
-    assert record["error"] is None
-    assert record["method"] == TINY and record["category"] == "alpha" and record["steps"] == 10
-    assert record["n_test"] == record["n_test_normal"] + record["n_test_anomalous"] == 12
+    record = Record.from_json(json.loads(files[0].read_text()))
+    assert record.error is None
+    assert record.method == TINY and record.category == "alpha" and record.steps == 10
+    assert record.n_test == record.n_test_normal + record.n_test_anomalous == 12
     for block in ("clean", "adversarial"):
-        assert set(record[block]) == {"image_auroc", "pixel_auroc", "pixel_aupro"}
-    assert record["clean"]["pixel_auroc"] > 75
-    assert record["adversarial"]["pixel_auroc"] < record["clean"]["pixel_auroc"] - 15
-    assert len(record["checkpoint_sha256"]) == 64
-    assert record["checks"]["inside_threat_model"] is True
-    assert "torch" in record["versions"]
+        assert set(vars(getattr(record, block))) == {"image_auroc", "pixel_auroc", "pixel_aupro"}
+    assert record.clean.pixel_auroc > 75
+    assert record.adversarial.pixel_auroc < record.clean.pixel_auroc - 15
+    assert len(record.checkpoint_sha256) == 64
+    assert record.checks["inside_threat_model"] is True
+    assert "torch" in record.versions
     assert "pixel" in capsys.readouterr().out.lower()
 
 
@@ -52,8 +59,8 @@ def test_long_profile_falls_back_to_the_quick_preset_and_is_recorded(mvtec_root,
     # the tiny detector has quick and paper presets only: long uses quick's, and the record says long
     assert create_method(TINY, profile="long").config == create_method(TINY, profile="quick").config
     record = run_cell(spec(mvtec_root, profile="long"), results=tmp_path)
-    assert record["error"] is None and record["profile"] == "long"
-    assert record["config"] == run_cell(spec(mvtec_root, profile="quick"), results=tmp_path)["config"]
+    assert record.error is None and record.profile == "long"
+    assert record.config == run_cell(spec(mvtec_root, profile="quick"), results=tmp_path).config
     with pytest.raises(ValueError, match="profile 'longer'; expected one of: paper, quick, long"):
         run_cell(spec(mvtec_root, profile="longer"), results=tmp_path)
 
@@ -61,12 +68,12 @@ def test_long_profile_falls_back_to_the_quick_preset_and_is_recorded(mvtec_root,
 def test_rerun_skips_done_cells_and_reuses_checkpoint(mvtec_root, tmp_path):
     first = run_cell(spec(mvtec_root), results=tmp_path)
     again = run_cell(spec(mvtec_root), results=tmp_path)
-    assert again["created"] == first["created"]  # skipped, not recomputed
+    assert again.created == first.created  # skipped, not recomputed
     forced = run_cell(spec(mvtec_root), results=tmp_path, force=True)
-    assert forced["created"] != first["created"]
-    assert forced["seconds"]["checkpoint_reused"] is True
-    assert forced["checkpoint_sha256"] == first["checkpoint_sha256"]
-    assert forced["clean"] == first["clean"]
+    assert forced.created != first.created
+    assert forced.seconds["checkpoint_reused"] is True
+    assert forced.checkpoint_sha256 == first.checkpoint_sha256
+    assert forced.clean == first.clean
 
 
 def test_interrupted_grid_resumes_without_loss_or_duplicates(mvtec_root, tmp_path):
@@ -84,18 +91,18 @@ def test_interrupted_grid_resumes_without_loss_or_duplicates(mvtec_root, tmp_pat
     run_grid(specs, results=tmp_path, log=seen.append)
     files = sorted((tmp_path / "records").iterdir())
     assert len(files) == 2 and all(f.suffix == ".json" for f in files)  # no temp files left
-    assert read_record(done[0])["created"] == kept["created"]
+    assert read_record(done[0]).created == kept.created
     assert any("skipping" in line for line in seen)
 
 
-def test_cheating_attack_fails_the_cell_loudly_and_grid_goes_on(mvtec_root, tmp_path):
+def test_cheating_attack_fails_the_cell_loudly_and_grid_goes_on(mvtec_root, tmp_path, cheating_attack):
     with pytest.raises(ThreatModelViolation):
         run_cell(spec(mvtec_root, attack="test-cheat"), results=tmp_path)
     records = run_grid([spec(mvtec_root, attack="test-cheat"), spec(mvtec_root)], results=tmp_path)
-    assert "ThreatModelViolation" in records[0]["error"]
-    assert records[1]["error"] is None
-    stored = read_record(tmp_path / "records" / f"{records[0]['cell_id']}.json")
-    assert stored["error"] and stored["adversarial"] is None
+    assert "ThreatModelViolation" in records[0].error
+    assert records[1].error is None
+    stored = read_record(tmp_path / "records" / f"{records[0].cell_id}.json")
+    assert stored.error and stored.adversarial is None
 
 
 def test_unknown_config_key_lists_valid_fields(mvtec_root, tmp_path, capsys):
@@ -109,9 +116,9 @@ def test_unknown_config_key_lists_valid_fields(mvtec_root, tmp_path, capsys):
 
 def test_config_override_changes_checkpoint_and_record(mvtec_root, tmp_path):
     record = run_cell(spec(mvtec_root, config=(("width", "8"),)), results=tmp_path)
-    assert record["config"]["width"] == 8 and record["config_overrides"] == {"width": "8"}
+    assert record.config["width"] == 8 and record.config_overrides == {"width": 8}
     base = run_cell(spec(mvtec_root), results=tmp_path)
-    assert base["checkpoint_sha256"] != record["checkpoint_sha256"]
+    assert base.checkpoint_sha256 != record.checkpoint_sha256
 
 
 @pytest.mark.parametrize("bad", ["-1", "abc", "1/0"])

@@ -57,15 +57,15 @@ def test_step_ladder_fails_when_more_steps_are_weaker():
 
 
 def test_undefended_twin_of_an_adv_method_is_its_clean_method():
-    """`<m>-adv` has no adv_train field: the check compares with `<m>`, keeping the config keys `<m>` has."""
+    """`<m>-adv` has no adv_train field: the check compares with `<m>`, with the same overrides."""
     from robustad.methods import create_method
 
     check = object.__new__(SoundnessCheck)
     check.spec = CellSpec(method="draem-adv", dataset="textures", category="brick",
-                          config=(("epochs", 3), ("only_in_adv", 1)))
+                          config=(("epochs", 3), ("adv_steps", 2)))
     check.detector = create_method("draem-adv", profile="quick")
     twin = check.undefended_spec()
-    assert twin.method == "draem" and twin.config_overrides == {"epochs": 3}  # keys draem lacks are dropped
+    assert twin.method == "draem" and twin.config_overrides == {"epochs": 3, "adv_steps": 2}
     check.spec = CellSpec(method="tests.tiny_detector:TinyDetector", dataset="mvtec", category="alpha")
     check.detector = TinyDetector()
     assert check.undefended_spec() is None

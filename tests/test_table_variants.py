@@ -19,7 +19,7 @@ def test_variants_get_their_own_column_and_filters_match_the_base_name(tmp_path)
     (folder / "variant.json").write_text(json.dumps(variant))
     records, problems = load_records(tmp_path)
     assert not problems
-    names = sorted(r["method"] for r in records)
+    names = sorted(r.method_label for r in records)
     assert names == sorted([record["method"], f"{record['method']} (adv_train=false)"])
     table = build_table(records, layout="methods", task="al", fmt="markdown", method=record["method"])
     assert "(adv_train=false)" in table

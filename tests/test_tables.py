@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from robustad.bench.records import Record
 from robustad.bench.tables import build_table, format_cell_result, load_records, unique_cells, write_tables
 
 DATA = Path(__file__).parent / "data"
@@ -37,10 +38,10 @@ def fixture_records():
     return records
 
 
-def a_record(**changes):
+def a_record(**changes) -> Record:
     record = json.loads(next((DATA / "records").glob("patchguard__mvtec__bottle__pgd__*seed0*.json")).read_text())
     record.update(changes)
-    return record
+    return Record.from_json(record)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -89,7 +90,7 @@ def test_missing_folder_is_a_problem_not_a_crash(tmp_path):
 
 def test_duplicates_keep_the_newest_successful_record():
     old = a_record(created="2026-01-01T00:00:00+00:00")
-    new = a_record(created="2026-02-01T00:00:00+00:00", clean={**old["clean"], "image_auroc": 11.0})
+    new = a_record(created="2026-02-01T00:00:00+00:00", clean={**vars(old.clean), "image_auroc": 11.0})
     failed_newest = a_record(created="2026-03-01T00:00:00+00:00", error="RuntimeError: boom",
                              clean=None, adversarial=None)
     kept, dropped = unique_cells([old, failed_newest, new])
@@ -131,10 +132,10 @@ def test_detection_objective_is_preferred_for_ad_and_localization_for_al():
 
 def test_best_adversarial_value_is_bold_in_latex_with_ties():
     base = a_record()
-    other = a_record(cell_id="other", method="patchcore", clean={**base["clean"], "image_auroc": 99.0})
+    other = a_record(cell_id="other", method="patchcore", clean={**vars(base.clean), "image_auroc": 99.0})
     text = build_table([base, other], layout="methods", fmt="latex")
     assert text.count(r"\textbf{84.7}") == 4  # tied best in the dataset row and in the average row
-    low = a_record(cell_id="low", method="patchcore", adversarial={**base["adversarial"], "image_auroc": 3.0})
+    low = a_record(cell_id="low", method="patchcore", adversarial={**vars(base.adversarial), "image_auroc": 3.0})
     text = build_table([base, low], layout="methods", fmt="latex")
     assert r"\textbf{84.7}" in text and r"\textbf{3.0}" not in text
 
@@ -223,7 +224,7 @@ def test_records_written_by_the_runner_make_every_table(mvtec_root, tmp_path):
                           root=str(mvtec_root), steps=2))  # fails: its record has an error
     run_grid(specs, results=tmp_path, log=lambda message: None)
     records, problems = load_records(tmp_path)
-    assert problems == [] and len(records) == 2 and sum(r["error"] is not None for r in records) == 1
+    assert problems == [] and len(records) == 2 and sum(r.failed for r in records) == 1
     for layout in ("methods", "categories", "attacks"):
         for fmt in ("latex", "markdown", "csv"):
             assert write_tables(tmp_path, layout=layout, task="al", fmt=fmt, records=records)[0].stat().st_size > 0

@@ -31,6 +31,7 @@ from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images
 from robustad.methods.baselines.synthesis import TextureSource, perlin_anomalies
 from robustad.methods.detector import Detector, DetectorConfig
+from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
 from robustad.methods.registry import register_method
 
 
@@ -141,6 +142,7 @@ class Draem(Detector):
     """DRAEM: reconstructive + discriminative sub-networks trained on Perlin-noise anomalies."""
 
     name = "draem"
+    display_name = "DRAEM"
     config_class = DraemConfig
     profiles = {
         Profile.PAPER: DraemConfig(),
@@ -204,19 +206,8 @@ class Draem(Detector):
         self.eval()
 
 
-@dataclasses.dataclass
-class DraemAdvConfig(DraemConfig):
-    adversarial: bool = True
-
-
-@register_method("draem-adv")
-class DraemAdv(Draem):
-    """DRAEM adversarially trained with PGD on the focal loss of its map (PatchGuard appendix E)."""
-
-    name = "draem-adv"
-    config_class = DraemAdvConfig
-    profiles = {
-        Profile.PAPER: DraemAdvConfig(),
-        Profile.QUICK: DraemAdvConfig(image_size=64, recon_width=16, disc_width=16, epochs=40, lr=1e-3,
-                                      texture_source="train", adv_steps=5),
-    }
+DraemAdv = register_adversarial_variant(
+    Draem, "DRAEM adversarially trained with PGD on the focal loss of its map (PatchGuard appendix E).",
+    changes=dict(adversarial=True),
+    quick=dict(adv_steps=5),
+)

@@ -35,6 +35,7 @@ from robustad.methods.baselines.backbones import BackboneConfig, ViTFeatures, fr
 from robustad.methods.baselines.common import batches, feature_pgd, module_device, stack_images
 from robustad.methods.baselines.smoothing import gaussian_blur
 from robustad.methods.detector import Detector
+from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
 from robustad.methods.registry import register_method
 
 
@@ -96,6 +97,7 @@ class GeneralAD(Detector):
     """GeneralAD: an attention discriminator on ViT patch features against noise-distorted features."""
 
     name = "generalad"
+    display_name = "GeneralAD"
     config_class = GeneralADConfig
     profiles = {
         Profile.PAPER: GeneralADConfig(),
@@ -176,25 +178,9 @@ class GeneralAD(Detector):
         self.eval()
 
 
-@dataclasses.dataclass
-class GeneralADAdvConfig(GeneralADConfig):
-    image_size: int = 224
-    backbone: str = "vit_base_patch16_224"
-    blocks: tuple[int, ...] = (12,)
-    smoothing_sigma: float = 7.0
-    smoothing_radius: int = 8
-    robust_backbone: bool = True
-    adversarial: bool = True
-
-
-@register_method("generalad-adv")
-class GeneralADAdv(GeneralAD):
-    """GeneralAD on a robust ImageNet ViT with embedding-space adversarial training (PatchGuard app. E)."""
-
-    name = "generalad-adv"
-    config_class = GeneralADAdvConfig
-    profiles = {
-        Profile.PAPER: GeneralADAdvConfig(),
-        Profile.QUICK: GeneralADAdvConfig(image_size=112, hidden_dim=512, epochs=20, smoothing_sigma=3.5,
-                                          smoothing_radius=4, adv_steps=5),
-    }
+GeneralADAdv = register_adversarial_variant(
+    GeneralAD, "GeneralAD on a robust ImageNet ViT with embedding-space adversarial training (PatchGuard app. E).",
+    changes=dict(backbone="vit_base_patch16_224", robust_backbone=True, adversarial=True),
+    paper=dict(image_size=224, blocks=(12,), smoothing_sigma=7.0, smoothing_radius=8),
+    quick=dict(adv_steps=5),
+)

@@ -39,6 +39,7 @@ from robustad.methods.baselines.common import batches, module_device, pgd_exampl
 from robustad.methods.baselines.simplenet import AdaptedFeatureDiscriminator
 from robustad.methods.baselines.smoothing import gaussian_blur
 from robustad.methods.baselines.synthesis import TextureSource, perlin_anomalies
+from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
 from robustad.methods.registry import register_method
 
 
@@ -79,6 +80,7 @@ class Glass(AdaptedFeatureDiscriminator):
     """GLASS: SimpleNet's discriminator trained on global (gradient-ascent) and local (Perlin) anomalies."""
 
     name = "glass"
+    display_name = "GLASS"
     config_class = GlassConfig
     profiles = {
         Profile.PAPER: GlassConfig(),
@@ -160,20 +162,8 @@ class Glass(AdaptedFeatureDiscriminator):
         self.eval()
 
 
-@dataclasses.dataclass
-class GlassAdvConfig(GlassConfig):
-    robust_backbone: bool = True
-    adversarial: bool = True
-
-
-@register_method("glass-adv")
-class GlassAdv(Glass):
-    """GLASS with a robust extractor and PGD on L_n and L_las (PatchGuard appendix E)."""
-
-    name = "glass-adv"
-    config_class = GlassAdvConfig
-    profiles = {
-        Profile.PAPER: GlassAdvConfig(),
-        Profile.QUICK: GlassAdvConfig(image_size=96, pretrain_dim=512, target_dim=512, hidden_dim=256, epochs=8,
-                                      gas_steps=5, texture_source="train", adv_steps=5),
-    }
+GlassAdv = register_adversarial_variant(
+    Glass, "GLASS with a robust extractor and PGD on L_n and L_las (PatchGuard appendix E).",
+    changes=dict(robust_backbone=True, adversarial=True),
+    quick=dict(adv_steps=5),
+)

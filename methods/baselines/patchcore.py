@@ -35,6 +35,7 @@ from robustad.methods.baselines.backbones import BackboneConfig, build_cnn, free
 from robustad.methods.baselines.common import LocalPatchFeatures, module_device, resize_buffers, stack_images
 from robustad.methods.baselines.smoothing import gaussian_blur
 from robustad.methods.detector import Detector
+from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
 from robustad.methods.registry import register_method
 
 
@@ -86,6 +87,7 @@ class PatchCore(Detector):
     """PatchCore: nearest-neighbour distances to a coreset memory bank of ImageNet patch features."""
 
     name = "patchcore"
+    display_name = "PatchCore"
     config_class = PatchCoreConfig
     profiles = {
         Profile.PAPER: PatchCoreConfig(),
@@ -171,20 +173,7 @@ class PatchCore(Detector):
         return gaussian_blur(super().anomaly_map(logits, size), self.config.smoothing_sigma)
 
 
-@dataclasses.dataclass
-class PatchCoreAdvConfig(PatchCoreConfig):
-    backbone: str = "resnet50"
-    robust_backbone: bool = True
-
-
-@register_method("patchcore-adv")
-class PatchCoreAdv(PatchCore):
-    """PatchCore with an adversarially trained ResNet-50 extractor (PatchGuard appendix E)."""
-
-    name = "patchcore-adv"
-    config_class = PatchCoreAdvConfig
-    profiles = {
-        Profile.PAPER: PatchCoreAdvConfig(),
-        Profile.QUICK: PatchCoreAdvConfig(image_size=96, pretrain_dim=512, target_dim=512),
-    }
-
+PatchCoreAdv = register_adversarial_variant(
+    PatchCore, "PatchCore with an adversarially trained ResNet-50 extractor (PatchGuard appendix E).",
+    changes=dict(backbone="resnet50", robust_backbone=True),
+)

@@ -39,6 +39,7 @@ from robustad.methods.baselines.backbones import BackboneConfig, build_resnet, f
 from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images
 from robustad.methods.baselines.smoothing import gaussian_blur
 from robustad.methods.detector import Detector
+from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
 from robustad.methods.registry import register_method
 
 LEVELS = ("layer1", "layer2", "layer3")
@@ -157,6 +158,7 @@ class ReContrast(Detector):
     """ReContrast: a trainable/frozen encoder pair reconstructed by one decoder with a cosine loss."""
 
     name = "recontrast"
+    display_name = "ReContrast"
     config_class = ReContrastConfig
     profiles = {
         Profile.PAPER: ReContrastConfig(),
@@ -243,21 +245,8 @@ class ReContrast(Detector):
         self.eval()
 
 
-@dataclasses.dataclass
-class ReContrastAdvConfig(ReContrastConfig):
-    backbone: str = "resnet50"
-    robust_backbone: bool = True
-    adversarial: bool = True
-
-
-@register_method("recontrast-adv")
-class ReContrastAdv(ReContrast):
-    """ReContrast with robust ResNet-50 encoders and PGD on the final anomaly map (PatchGuard app. E)."""
-
-    name = "recontrast-adv"
-    config_class = ReContrastAdvConfig
-    profiles = {
-        Profile.PAPER: ReContrastAdvConfig(),
-        Profile.QUICK: ReContrastAdvConfig(image_size=64, bottleneck_blocks=1,
-                                           decoder_blocks=(1, 1, 1), iterations=150, batch_size=8, adv_steps=5),
-    }
+ReContrastAdv = register_adversarial_variant(
+    ReContrast, "ReContrast with robust ResNet-50 encoders and PGD on the final anomaly map (PatchGuard app. E).",
+    changes=dict(backbone="resnet50", robust_backbone=True, adversarial=True),
+    quick=dict(adv_steps=5),
+)

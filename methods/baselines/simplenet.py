@@ -42,6 +42,7 @@ from robustad.methods.baselines.common import (
 )
 from robustad.methods.baselines.smoothing import gaussian_blur
 from robustad.methods.detector import Detector
+from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
 from robustad.methods.registry import register_method
 
 
@@ -114,6 +115,7 @@ class SimpleNet(AdaptedFeatureDiscriminator):
     """SimpleNet: feature adaptor + discriminator trained against Gaussian-noise feature anomalies."""
 
     name = "simplenet"
+    display_name = "SimpleNet"
     config_class = SimpleNetConfig
     profiles = {
         Profile.PAPER: SimpleNetConfig(),
@@ -185,21 +187,8 @@ class SimpleNet(AdaptedFeatureDiscriminator):
         return self.discriminator_loss(adv[:n], adv[n:])
 
 
-@dataclasses.dataclass
-class SimpleNetAdvConfig(SimpleNetConfig):
-    robust_backbone: bool = True
-    adversarial: bool = True
-
-
-@register_method("simplenet-adv")
-class SimpleNetAdv(SimpleNet):
-    """SimpleNet with a robust WideResNet-50 and embedding-space adversarial training (PatchGuard app. E)."""
-
-    name = "simplenet-adv"
-    config_class = SimpleNetAdvConfig
-    profiles = {
-        Profile.PAPER: SimpleNetAdvConfig(),
-        Profile.QUICK: SimpleNetAdvConfig(image_size=96, pretrain_dim=512, target_dim=512, hidden_dim=256,
-                                          epochs=8, adv_steps=5),
-    }
-
+SimpleNetAdv = register_adversarial_variant(
+    SimpleNet, "SimpleNet with a robust WideResNet-50 and embedding-space adversarial training (PatchGuard app. E).",
+    changes=dict(robust_backbone=True, adversarial=True),
+    quick=dict(adv_steps=5),
+)

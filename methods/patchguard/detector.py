@@ -105,6 +105,8 @@ class PatchGuard(Detector):
     """PatchGuard: adversarially trained ViT + attention discriminator on pseudo anomalies."""
 
     name = "patchguard"
+    display_name = "PatchGuard"
+    table_order = 100
     config_class = PatchGuardConfig
     profiles = PROFILES
 
