@@ -169,17 +169,9 @@ def cmd_table(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from robustad.attacks import ATTACKS
-    from robustad.datasets import DATASETS
-    from robustad.methods import METHODS
+    from robustad.bench.catalog import listing
 
-    kinds = {"methods": METHODS, "attacks": ATTACKS, "datasets": DATASETS}
-    for kind in [args.kind] if args.kind else list(kinds):
-        print(f"{kind}:")
-        entries = kinds[kind].entries()
-        width = max((len(e.name) for e in entries), default=0)
-        for entry in entries:
-            print(f"  {entry.name.ljust(width)}  {entry.description}")
+    print(listing([args.kind] if args.kind else ["methods", "attacks", "datasets"]))
     return 0
 
 

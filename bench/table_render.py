@@ -40,6 +40,7 @@ class Table:
     header_spans: list[tuple[str, int]] | None = None  # LaTeX: a header line above `latex_header`
     latex_header: list[str] | None = None  # LaTeX: the header under the spans (default `header`)
     csv_only_columns: int = 0  # leading columns that only CSV shows (the caption names them)
+    part_names: tuple[str, ...] = ("clean", "adversarial")  # CSV: a cell of several parts, one column each
 
 
 def _latex_text(text: str) -> str:
@@ -88,10 +89,27 @@ def _shown_rows(table: Table, fmt: str) -> list[list[list[str]]]:
     return groups
 
 
+def _csv_frame(tables: list[Table]) -> pd.DataFrame:
+    """One column per part of a "clean / adversarial" cell ("PatchGuard clean", "PatchGuard adversarial"),
+    so each number can be read on its own."""
+    table = tables[0]
+    cells = [row for t in tables for g in t.groups for row in g]
+    widths = [max((len(row[i]) if isinstance(row[i], list) else 1) for row in cells) for i in range(len(table.header))]
+    columns = [f"{name} {table.part_names[j]}" if width > 1 else name
+               for name, width in zip(table.header, widths) for j in range(width)]
+    rows = []
+    for row in cells:
+        texts = []
+        for cell, width in zip(row, widths):
+            parts = cell if isinstance(cell, list) else [cell]
+            texts += [_part_text(p, "csv") for p in parts] + [""] * (width - len(parts))
+        rows.append(texts)
+    return pd.DataFrame(rows, columns=columns)
+
+
 def render(tables: list[Table], fmt: str) -> str:
     if fmt == "csv":
-        rows = [row for t in tables for g in _shown_rows(t, fmt) for row in g]
-        return pd.DataFrame(rows, columns=tables[0].header).to_csv(index=False)
+        return _csv_frame(tables).to_csv(index=False)
     if fmt == "markdown":
         blocks = []
         for table in tables:

@@ -177,11 +177,13 @@ def _dataset_mean(records: list[dict], phase: str, metric: str, n_categories: in
 
 
 def _bold_extreme(values: list[Value], highest: bool) -> list[Value]:
-    present = [round(v.number, 1) for v in values if v.number is not None]
-    if len(present) < 2:
+    """The best value bold; a `*` value (a mean over fewer categories) is not comparable and never bold."""
+    comparable = [round(v.number, 1) for v in values if v.number is not None and v.complete]
+    if len(comparable) < 2:
         return values
-    target = max(present) if highest else min(present)
-    return [Value(v.number, v.complete, v.number is not None and round(v.number, 1) == target) for v in values]
+    target = max(comparable) if highest else min(comparable)
+    return [Value(v.number, v.complete, v.number is not None and v.complete and round(v.number, 1) == target)
+            for v in values]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +192,11 @@ def _bold_extreme(values: list[Value], highest: bool) -> list[Value]:
 
 def _norm_name(name: str) -> str:
     return re.sub(r"[-_ ]", "", name.lower())
+
+
+def _slug(text: str) -> str:
+    """Letters and digits only, for LaTeX labels."""
+    return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
 def dataset_name(name: str) -> str:
@@ -204,8 +211,25 @@ def category_name(name: str) -> str:
     return " ".join(word[:1].upper() + word[1:] for word in re.split(r"[_ ]+", name))
 
 
-def _datasets(records) -> list[str]:
-    return sorted({r.dataset for r in records}, key=lambda d: (dataset_table_order(d), d))
+COMPARABILITY = ("root", "precision", "device")  # fields that make two records of a dataset not comparable
+
+
+def _dataset_groups(records: list[Record]) -> list[tuple[str, list[Record]]]:
+    """(row label, records) per dataset; records of one dataset that differ in a `COMPARABILITY`
+    field (another dataset tree, bf16 against fp32, GPU against CPU) are never merged silently:
+    they form separate groups, each labelled with the values that differ, e.g.
+    "MVTec AD (root=/data/a)". Records without a value (older files) count as one more value."""
+    groups = []
+    for dataset in sorted({r.dataset for r in records}, key=lambda d: (dataset_table_order(d), d)):
+        mine = [r for r in records if r.dataset == dataset]
+        varying = [f for f in COMPARABILITY if len({getattr(r, f) for r in mine}) > 1]
+        keys = sorted({tuple(str(getattr(r, f)) for f in varying) for r in mine})
+        for key in keys:
+            label = dataset_name(dataset)
+            if varying:
+                label += " (" + ", ".join(f"{f}={v}" for f, v in zip(varying, key)) + ")"
+            groups.append((label, [r for r in mine if tuple(str(getattr(r, f)) for f in varying) == key]))
+    return groups
 
 
 def _methods(records) -> list[str]:
@@ -239,8 +263,7 @@ def _methods_tables(records, task, filters) -> list[Table]:
     metric = TASK_METRIC[task]
     methods = _methods(chosen)
     rows, per_method = [], {m: {"clean": [], "adversarial": []} for m in methods}
-    for dataset in _datasets(chosen):
-        of_dataset = [r for r in chosen if r.dataset == dataset]
+    for dataset_label, of_dataset in _dataset_groups(chosen):
         n_categories = len({r.category for r in of_dataset})
         cells = {}
         for method in methods:
@@ -254,7 +277,7 @@ def _methods_tables(records, task, filters) -> list[Table]:
             for phase in ("clean", "adversarial"):
                 per_method[method][phase].append(cells[method][phase])
         adversarial = _bold_extreme([cells[m]["adversarial"] for m in methods], highest=True)
-        rows.append([dataset_name(dataset)] + [[cells[m]["clean"], a] for m, a in zip(methods, adversarial)])
+        rows.append([dataset_label] + [[cells[m]["clean"], a] for m, a in zip(methods, adversarial)])
     if not rows:
         raise ValueError(f"no {metric} values in the selected records ({setting.describe()})")
 
@@ -288,23 +311,23 @@ def _categories_tables(records, filters) -> list[Table]:
                ("adversarial", "pixel_auroc")]
     tables = []
     for method in _methods(chosen):
-        for dataset in _datasets(chosen):
-            mine = [r for r in chosen if r.method_label == method and r.dataset == dataset]
+        for dataset_label, of_dataset in _dataset_groups(chosen):
+            mine = [r for r in of_dataset if r.method_label == method]
             if not mine:
                 continue
             means = [_category_means(mine, phase, metric) for phase, metric in columns]
             categories = sorted(means[0])
-            rows = [[method_name(method), dataset_name(dataset), category_name(c)] + [Value(m[c]) for m in means]
+            rows = [[method_name(method), dataset_label, category_name(c)] + [Value(m[c]) for m in means]
                     for c in categories]
             average = [Value(_mean(m.values()), complete=all(v is not None for v in m.values())) for m in means]
-            caption = (f"Per-category AUROC (%) of {method_name(method)} on {dataset_name(dataset)}, clean and "
+            caption = (f"Per-category AUROC (%) of {method_name(method)} on {dataset_label}, clean and "
                        f"adversarial, under {setting.describe()}." + _incomplete_note([average], "categories")
                        + _selection_note(n_settings)
                        + _failures_note(mine))
             tables.append(Table(caption, ["Method", "Dataset", "Category", "Image clean", "Image adversarial",
                                           "Pixel clean", "Pixel adversarial"],
-                                [rows, [[method_name(method), dataset_name(dataset), "Average"] + average]],
-                                f"tab:robustad-categories-{_norm_name(method)}-{_norm_name(dataset)}",
+                                [rows, [[method_name(method), dataset_label, "Average"] + average]],
+                                f"tab:robustad-categories-{_slug(method)}-{_slug(dataset_label)}",
                                 header_spans=[("", 1), ("Image-level AUROC (%)", 2), ("Pixel-level AUROC (%)", 2)],
                                 latex_header=["Category", "Clean", "Adversarial", "Clean", "Adversarial"],
                                 csv_only_columns=2))
@@ -329,11 +352,11 @@ def _attacks_tables(records, filters) -> list[Table]:
     methods = _methods(chosen)
     groups = []
     for method in methods:
-        for dataset in _datasets(chosen):
-            mine = [r for r in chosen if r.method_label == method and r.dataset == dataset]
+        for dataset_label, of_dataset in _dataset_groups(chosen):
+            mine = [r for r in of_dataset if r.method_label == method]
             if not mine:
                 continue
-            n_categories = len({r.category for r in chosen if r.dataset == dataset})
+            n_categories = len({r.category for r in of_dataset})
             group = []
             for task in TASKS:
                 metric = TASK_METRIC[task]
@@ -342,7 +365,7 @@ def _attacks_tables(records, filters) -> list[Table]:
                                           n_categories) for s in settings]
                 if clean.number is None and all(v.number is None for v in attacked) and not _failures_note(mine):
                     continue
-                labels = ([method_name(method)] if len(methods) > 1 else []) + [dataset_name(dataset), task.upper()]
+                labels = ([method_name(method)] if len(methods) > 1 else []) + [dataset_label, task.upper()]
                 group.append(labels + [clean] + _bold_extreme(attacked, highest=False))
             if group:
                 groups.append(group)

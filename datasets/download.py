@@ -18,6 +18,7 @@ other address).
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import stat
@@ -32,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from robustad.core.files import file_sha256
+from robustad.core.files import file_sha256, write_text_atomic
 from robustad.datasets.image_io import DatasetError
 from robustad.datasets.registry import DATASETS
 
@@ -86,6 +87,10 @@ def download_dataset(name: str, root, *, url: str | None = None, sha256: str | N
     `url` and `sha256` override the known source; a dataset without a known source needs both.
     """
     DATASETS.get(name)  # an unknown name lists the valid ones
+    if name == "textures":  # built in: generated, not downloaded
+        from robustad.datasets.textures import generate_textures
+
+        return generate_textures(root)
     source = KNOWN_SOURCES.get(name)
     if url is None and source is None:
         raise DownloadError(f"no public download address with a published checksum is known for {name!r}; "
@@ -103,11 +108,29 @@ def download_dataset(name: str, root, *, url: str | None = None, sha256: str | N
         raise DownloadError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
     root = Path(root).expanduser().resolve()
     archive = root / DOWNLOAD_FOLDER / filename
+    if already_extracted(archive, sha256, root):
+        return root
     archive.parent.mkdir(parents=True, exist_ok=True)
     if not (archive.is_file() and file_sha256(archive) == sha256):
         fetch(url, archive, sha256, progress=progress, timeout=timeout)
-    extract(archive, root)
+    entries = extract(archive, root)
+    write_text_atomic(extraction_marker(archive), json.dumps({"sha256": sha256, "entries": entries}) + "\n")
     return root
+
+
+def extraction_marker(archive: Path) -> Path:
+    """`<root>/.downloads/<archive>.extracted.json`: the archive's SHA-256 and the entries it put in the root."""
+    return archive.with_name(archive.name + ".extracted.json")
+
+
+def already_extracted(archive: Path, sha256: str, root: Path) -> bool:
+    """True when this very archive (by SHA-256) was extracted into `root` and its entries are still there."""
+    try:
+        marker = json.loads(extraction_marker(archive).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(marker, dict) and marker.get("sha256") == sha256 and isinstance(marker.get("entries"), list)
+            and all((root / entry).exists() for entry in marker["entries"]))
 
 
 def fetch(url: str, archive: Path, sha256: str, *, progress: bool, timeout: float) -> None:
@@ -179,8 +202,9 @@ def check_member(name: str, kind: str, archive: Path) -> None:
         raise DownloadError(f"refusing to extract {archive}: member {name!r} would land outside the root folder")
 
 
-def extract(archive: Path, root: Path) -> None:
-    """Extracts into a temporary folder inside `root`, then moves the top-level entries in place."""
+def extract(archive: Path, root: Path) -> list[str]:
+    """Extracts into a temporary folder inside `root`, then moves the top-level entries in place;
+    returns their names."""
     members = archive_members(archive)
     for name, kind in members:
         check_member(name, kind, archive)
@@ -199,6 +223,7 @@ def extract(archive: Path, root: Path) -> None:
                                 f"extracting {archive}: move them away or choose another --root")
         for entry in entries:
             os.replace(entry, root / entry.name)
+        return [entry.name for entry in entries]
     except (OSError, tarfile.TarError, zipfile.BadZipFile) as err:
         raise DownloadError(f"extracting {archive} failed: {err}; nothing was extracted") from None
     finally:

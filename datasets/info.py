@@ -10,7 +10,9 @@
                                "problems": ["...", ...]}}}
 
 Counts are those a run would use (an anomalous image without its mask is a problem and is not
-counted). Image and mask sizes are read from file headers, so an unreadable image is reported;
+counted). Every image and mask is decoded in full, as a run would (`decode_check.py`, cached per
+tree): a truncated or unreadable file, an image under 16 px or a mask of another size than its
+image is a problem;
 `masks` counts the anomalous test images with a mask (0 for datasets without masks, such as
 Head-CT, where `has_masks` is False). A wrong root raises DatasetError.
 """
@@ -21,6 +23,7 @@ from collections import Counter
 from tabulate import tabulate
 
 from robustad.datasets.anomaly_dataset import DatasetFormat
+from robustad.datasets.decode_check import decode_problems
 from robustad.datasets.image_io import DatasetError
 from robustad.datasets.registry import open_format
 
@@ -53,22 +56,13 @@ def category_info(fmt: DatasetFormat, category: str) -> dict:
     anomalous = [s for s in test if s.label == 1]
     sizes: Counter = Counter()
     foreground = 0
+    problems += decode_problems(fmt, train + test)  # a full decode: truncated files, tiny images, mask sizes
     for sample in train + test:
         try:
             width, height = fmt.image_dimensions(sample)
-        except DatasetError as err:
-            problems.append(str(err))
-            continue
+        except DatasetError:
+            continue  # reported by the decode above
         sizes[f"{width}x{height}"] += 1
-        if sample.mask is not None:
-            try:
-                mask_size = fmt.mask_dimensions(sample)
-            except DatasetError as err:
-                problems.append(str(err))
-                continue
-            if tuple(mask_size) != (width, height):
-                problems.append(f"mask {sample.mask} is {mask_size[0]}x{mask_size[1]} but its image "
-                                f"{sample.image} is {width}x{height}")
     for sample in train:
         foreground += fmt.foreground_mask(sample) is not None
     if not train:

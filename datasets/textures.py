@@ -245,7 +245,11 @@ class Textures(MVTecLayout):
     whole_image_foreground = True  # every category is a texture: the foreground is the whole image
 
     def __init__(self, root=None):
-        if root is not None and read_manifest(Path(root).expanduser()) is not None:
+        if root is None:
+            super().__init__(generate_textures())  # the built-in tree, made once in the cache
+        elif read_manifest(Path(root).expanduser()) is not None:
             super().__init__(root)  # a complete tree, whatever seed and counts made it
-        else:
-            super().__init__(generate_textures(root))
+        else:  # never generate a whole tree where a mistyped --root points
+            raise DatasetError(f"textures: no complete textures tree at {Path(root).expanduser().resolve()}; leave out "
+                               f"--root to use the built-in one (made once under the cache), or make one there with "
+                               f"`bench data download textures --root {root}`")

@@ -64,8 +64,8 @@ def test_mask_of_another_size_is_reported(tmp_path):
     trees.write_mvtec_like(tmp_path, ["bottle"])
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "bottle" / "ground_truth" / "bad" / "000_mask.png")
     problems = dataset_info("mvtec", tmp_path)["categories"]["bottle"]["problems"]
-    assert problems == [f"mask {tmp_path / 'bottle/ground_truth/bad/000_mask.png'} is 8x8 but its image "
-                        f"{tmp_path / 'bottle/test/bad/000.png'} is 32x32"]
+    assert problems == [f"mask {tmp_path / 'bottle/ground_truth/bad/000_mask.png'} is 8x8 px but its image "
+                        f"{tmp_path / 'bottle/test/bad/000.png'} is 32x32 px"]
 
 
 def test_empty_category(tmp_path):

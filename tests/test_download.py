@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import tarfile
 import threading
 import zipfile
@@ -86,11 +87,15 @@ def test_download_verifies_and_extracts_a_readable_tree(server, tmp_path):
     assert root == (tmp_path / "data").resolve()
     assert len(create_dataset("mvtec", root=root, category="bottle", split="test", image_size=8)) == 8
     assert sorted(p.name for p in root.iterdir()) == [".downloads", "bottle"]  # no staging folder left
-    # rerun: the verified archive is reused, nothing is fetched, and the existing tree is not overwritten
+    # rerun on the complete, verified tree: nothing is fetched, nothing is touched, it says it is ready
     requests = len(server.requests)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    assert download_dataset("mvtec", root, url=url_of(server, "/mvtec.tar.gz"), sha256=sha(data), progress=False) == root
+    assert len(server.requests) == requests and {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+    # a tree this archive did not make is never overwritten
+    shutil.rmtree(root / ".downloads")
     with pytest.raises(DownloadError, match="refusing to overwrite .*bottle"):
         download_dataset("mvtec", root, url=url_of(server, "/mvtec.tar.gz"), sha256=sha(data), progress=False)
-    assert len(server.requests) == requests
 
 
 def test_truncated_download_resumes_with_a_range_request(server, tmp_path):

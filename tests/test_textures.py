@@ -221,6 +221,10 @@ def test_a_half_written_folder_is_never_used(tmp_path):
         generate_textures(half, categories=("brick",), **SMALL)
     with pytest.raises(DatasetError, match="no complete textures tree"):
         create_dataset("textures", root=half, category="brick", split="train", image_size=32)
+    # a mistyped --root is refused, never filled with a new tree
+    with pytest.raises(DatasetError, match="no complete textures tree at .*bench data download textures"):
+        create_dataset("textures", root=tmp_path / "typo", category="brick", split="train", image_size=32)
+    assert not (tmp_path / "typo").exists()
     # A manifest naming a file that is gone is incomplete too.
     (half / "manifest.json").write_text(json.dumps({"files": {"brick/train/good/001.png": "0"}}))
     with pytest.raises(DatasetError, match="no complete textures tree"):

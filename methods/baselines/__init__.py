@@ -3,9 +3,11 @@
 Backbone weights are never downloaded here; `backbones.py` says where they are looked for and which
 `--config backbone_*` options choose them.
 """
-from robustad.methods.baselines import patchcore  # noqa: F401
-from robustad.methods.baselines import simplenet  # noqa: F401
-from robustad.methods.baselines import draem  # noqa: F401
-from robustad.methods.baselines import glass  # noqa: F401
-from robustad.methods.baselines import recontrast  # noqa: F401
-from robustad.methods.baselines import generalad  # noqa: F401
+from robustad.methods.baselines import (
+    draem,  # noqa: F401
+    generalad,  # noqa: F401
+    glass,  # noqa: F401
+    patchcore,  # noqa: F401
+    recontrast,  # noqa: F401
+    simplenet,  # noqa: F401
+)

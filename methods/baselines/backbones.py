@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
+from robustad.methods.config_fields import one_of
 from robustad.methods.detector import DetectorConfig
+from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +47,7 @@ class BackboneConfig(DetectorConfig):
     """Backbone fields shared by every baseline config (see the module docstring)."""
 
     backbone: str = "wide_resnet50_2"
-    backbone_init: str = "pretrained"  # pretrained | scratch
+    backbone_init: str = one_of("pretrained", ("pretrained", "scratch"))
     backbone_weights: str = ""  # "" (ImageNet weights from the local cache) | PATH | robustbench:<name>
     robust_backbone: bool = False  # True for `-adv` variants: the weights must be adversarially trained
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from robustad.attacks.attack import frozen
 from robustad.attacks.threat_model import Norm, ascent_direction, project
+from torch import nn
 
 
 class LocalPatchFeatures(nn.Module):

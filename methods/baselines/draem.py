@@ -24,31 +24,36 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
-from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images
-from robustad.methods.baselines.synthesis import TextureSource, perlin_anomalies
-from robustad.methods.detector import Detector, DetectorConfig
 from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
+from robustad.methods.baselines.common import (
+    batches,
+    module_device,
+    pgd_examples,
+    stack_images,
+)
+from robustad.methods.baselines.synthesis import TextureSource, perlin_anomalies
+from robustad.methods.config_fields import in_range, one_of
+from robustad.methods.detector import Detector, DetectorConfig
 from robustad.methods.registry import register_method
+from torch import nn
 
 
 @dataclasses.dataclass
 class DraemConfig(DetectorConfig):
-    image_size: int = 256
-    recon_width: int = 128
-    disc_width: int = 64
-    epochs: int = 700
-    batch_size: int = 8
-    lr: float = 1e-4
-    texture_source: str = "dtd"  # dtd | train | procedural
+    image_size: int = in_range(256, low=8)
+    recon_width: int = in_range(128, low=1)
+    disc_width: int = in_range(64, low=1)
+    epochs: int = in_range(700, low=1)
+    batch_size: int = in_range(8, low=1)
+    lr: float = in_range(1e-4, low=0, low_open=True)
+    texture_source: str = one_of("dtd", ("dtd", "train", "procedural"))  # dtd | train | procedural
     dtd_root: str = ""
-    score_window: int = 21
+    score_window: int = in_range(21, low=1)
     adversarial: bool = False
-    adv_eps: float = 8 / 255
-    adv_steps: int = 100
+    adv_eps: float = in_range(8 / 255, low=0)
+    adv_steps: int = in_range(100, low=0)
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:

@@ -27,40 +27,45 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
-from robustad.methods.baselines.backbones import BackboneConfig, ViTFeatures, freeze
-from robustad.methods.baselines.common import batches, feature_pgd, module_device, stack_images
-from robustad.methods.baselines.smoothing import gaussian_blur
-from robustad.methods.detector import Detector
 from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
+from robustad.methods.baselines.backbones import BackboneConfig, ViTFeatures, freeze
+from robustad.methods.baselines.common import (
+    batches,
+    feature_pgd,
+    module_device,
+    stack_images,
+)
+from robustad.methods.baselines.smoothing import gaussian_blur
+from robustad.methods.config_fields import in_range
+from robustad.methods.detector import Detector
 from robustad.methods.registry import register_method
+from torch import nn
 
 
 @dataclasses.dataclass
 class GeneralADConfig(BackboneConfig):
-    image_size: int = 518
-    top_k: int = 10
+    image_size: int = in_range(518, low=8)
+    top_k: int = in_range(10, low=1)
     backbone: str = "vit_large_patch14_dinov2"
-    blocks: tuple[int, ...] = (24,)
-    vit_depth: int = 0  # 0: the architecture's depth (other values only for small from-scratch models)
-    vit_patch_size: int = 0  # 0: the architecture's patch size
-    hidden_dim: int = 2048
-    heads: int = 4
-    dropout: float = 0.1
-    noise_std: float = 0.25
-    lr: float = 5e-4
-    lr_decay_factor: float = 0.2
-    weight_decay: float = 1e-5
-    epochs: int = 160
-    batch_size: int = 16
-    smoothing_sigma: float = 16.0
-    smoothing_radius: int = 18
+    blocks: tuple[int, ...] = in_range((24,), low=1)
+    vit_depth: int = in_range(0, low=0)  # 0: the architecture's depth (other values only for small from-scratch models)
+    vit_patch_size: int = in_range(0, low=0)  # 0: the architecture's patch size
+    hidden_dim: int = in_range(2048, low=1)
+    heads: int = in_range(4, low=1)
+    dropout: float = in_range(0.1, low=0, high=1, high_open=True)
+    noise_std: float = in_range(0.25, low=0)
+    lr: float = in_range(5e-4, low=0, low_open=True)
+    lr_decay_factor: float = in_range(0.2, low=0)
+    weight_decay: float = in_range(1e-5, low=0)
+    epochs: int = in_range(160, low=1)
+    batch_size: int = in_range(16, low=1)
+    smoothing_sigma: float = in_range(16.0, low=0)
+    smoothing_radius: int = in_range(18, low=0)
     adversarial: bool = False
-    adv_steps: int = 10
-    adv_eps_ratio: float = 0.5
+    adv_steps: int = in_range(10, low=0)
+    adv_eps_ratio: float = in_range(0.5, low=0)
 
 
 class AttentionBlock(nn.Module):

@@ -31,42 +31,47 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-
 from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
+from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
 from robustad.methods.baselines.backbones import BackboneConfig
-from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images
+from robustad.methods.baselines.common import (
+    batches,
+    module_device,
+    pgd_examples,
+    stack_images,
+)
 from robustad.methods.baselines.simplenet import AdaptedFeatureDiscriminator
 from robustad.methods.baselines.smoothing import gaussian_blur
 from robustad.methods.baselines.synthesis import TextureSource, perlin_anomalies
-from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
+from robustad.methods.config_fields import in_range, one_of
 from robustad.methods.registry import register_method
 
 
 @dataclasses.dataclass
 class GlassConfig(BackboneConfig):
-    image_size: int = 288
+    image_size: int = in_range(288, low=8)
     backbone: str = "wide_resnet50_2"
     layers: tuple[str, ...] = ("layer2", "layer3")
-    pretrain_dim: int = 1536
-    target_dim: int = 1536
-    hidden_dim: int = 1024
-    noise_std: float = 0.015
-    gas_steps: int = 20
-    gas_step_size: float = 0.001
-    gas_radius: float = 0.5  # the ring [r, 2r] around the normal feature
-    hard_fraction: float = 0.5  # focal loss on the patches at or above this quantile of error
-    adaptor_lr: float = 1e-4
-    discriminator_lr: float = 2e-4
-    weight_decay: float = 1e-5
-    epochs: int = 640
-    batch_size: int = 8
-    texture_source: str = "dtd"  # dtd | train | procedural
+    pretrain_dim: int = in_range(1536, low=1)
+    target_dim: int = in_range(1536, low=1)
+    hidden_dim: int = in_range(1024, low=1)
+    noise_std: float = in_range(0.015, low=0)
+    gas_steps: int = in_range(20, low=0)
+    gas_step_size: float = in_range(0.001, low=0)
+    gas_radius: float = in_range(0.5, low=0)  # the ring [r, 2r] around the normal feature
+    hard_fraction: float = in_range(0.5, low=0, high=1)  # focal loss on the patches at or above this quantile of error
+    adaptor_lr: float = in_range(1e-4, low=0, low_open=True)
+    discriminator_lr: float = in_range(2e-4, low=0, low_open=True)
+    weight_decay: float = in_range(1e-5, low=0)
+    epochs: int = in_range(640, low=1)
+    batch_size: int = in_range(8, low=1)
+    texture_source: str = one_of("dtd", ("dtd", "train", "procedural"))  # dtd | train | procedural
     dtd_root: str = ""
-    smoothing_sigma: float = 4.0
+    smoothing_sigma: float = in_range(4.0, low=0)
     adversarial: bool = False
-    adv_eps: float = 8 / 255
-    adv_steps: int = 100
+    adv_eps: float = in_range(8 / 255, low=0)
+    adv_steps: int = in_range(100, low=0)
 
 
 def binary_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:

@@ -28,30 +28,35 @@ import dataclasses
 import weakref
 
 import torch
-
 from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
-from robustad.methods.baselines.backbones import BackboneConfig, build_cnn, freeze
-from robustad.methods.baselines.common import LocalPatchFeatures, module_device, resize_buffers, stack_images
-from robustad.methods.baselines.smoothing import gaussian_blur
-from robustad.methods.detector import Detector
 from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
+from robustad.methods.baselines.backbones import BackboneConfig, build_cnn, freeze
+from robustad.methods.baselines.common import (
+    LocalPatchFeatures,
+    module_device,
+    resize_buffers,
+    stack_images,
+)
+from robustad.methods.baselines.smoothing import gaussian_blur
+from robustad.methods.config_fields import in_range
+from robustad.methods.detector import Detector
 from robustad.methods.registry import register_method
 
 
 @dataclasses.dataclass
 class PatchCoreConfig(BackboneConfig):
-    image_size: int = 224
+    image_size: int = in_range(224, low=8)
     backbone: str = "wide_resnet50_2"
     layers: tuple[str, ...] = ("layer2", "layer3")
-    pretrain_dim: int = 1024
-    target_dim: int = 1024
-    coreset_ratio: float = 0.1
-    coreset_projection_dim: int = 128
+    pretrain_dim: int = in_range(1024, low=1)
+    target_dim: int = in_range(1024, low=1)
+    coreset_ratio: float = in_range(0.1, low=0, high=1, low_open=True)
+    coreset_projection_dim: int = in_range(128, low=1)
     reweight: bool = True
-    reweight_neighbours: int = 9  # b of eq. 7
-    smoothing_sigma: float = 4.0
-    batch_size: int = 16
+    reweight_neighbours: int = in_range(9, low=1)  # b of eq. 7
+    smoothing_sigma: float = in_range(4.0, low=0)
+    batch_size: int = in_range(16, low=1)
 
 
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -30,39 +30,44 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torchvision.models.resnet import Bottleneck
-
 from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
-from robustad.methods.baselines.backbones import BackboneConfig, build_resnet, freeze
-from robustad.methods.baselines.common import batches, module_device, pgd_examples, stack_images
-from robustad.methods.baselines.smoothing import gaussian_blur
-from robustad.methods.detector import Detector
 from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
+from robustad.methods.baselines.backbones import BackboneConfig, build_resnet, freeze
+from robustad.methods.baselines.common import (
+    batches,
+    module_device,
+    pgd_examples,
+    stack_images,
+)
+from robustad.methods.baselines.smoothing import gaussian_blur
+from robustad.methods.config_fields import in_range
+from robustad.methods.detector import Detector
 from robustad.methods.registry import register_method
+from torch import nn
+from torchvision.models.resnet import Bottleneck
 
 LEVELS = ("layer1", "layer2", "layer3")
 
 
 @dataclasses.dataclass
 class ReContrastConfig(BackboneConfig):
-    image_size: int = 256
+    image_size: int = in_range(256, low=8)
     backbone: str = "wide_resnet50_2"
-    bottleneck_blocks: int = 3
-    decoder_blocks: tuple[int, ...] = (3, 4, 6)  # per decoder stage, deepest first
-    iterations: int = 2000
-    batch_size: int = 16
-    lr: float = 2e-3
-    encoder_lr: float = 1e-5
-    weight_decay: float = 1e-5
+    bottleneck_blocks: int = in_range(3, low=1)
+    decoder_blocks: tuple[int, ...] = in_range((3, 4, 6), low=1)  # per decoder stage, deepest first
+    iterations: int = in_range(2000, low=1)
+    batch_size: int = in_range(16, low=1)
+    lr: float = in_range(2e-3, low=0, low_open=True)
+    encoder_lr: float = in_range(1e-5, low=0)
+    weight_decay: float = in_range(1e-5, low=0)
     encoder_bn_train: bool = True
-    hard_mining_alpha: float = 1.0  # final α of the gradient modulation
-    hard_mining_factor: float = 0.0  # gradient kept on easy points
-    smoothing_sigma: float = 4.0
+    hard_mining_alpha: float = in_range(1.0, low=0, high=1)  # final α of the gradient modulation
+    hard_mining_factor: float = in_range(0.0, low=0, high=1)  # gradient kept on easy points
+    smoothing_sigma: float = in_range(4.0, low=0)
     adversarial: bool = False
-    adv_eps: float = 8 / 255
-    adv_steps: int = 100
+    adv_eps: float = in_range(8 / 255, low=0)
+    adv_steps: int = in_range(100, low=0)
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

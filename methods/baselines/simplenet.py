@@ -28,10 +28,9 @@ import dataclasses
 import math
 
 import torch
-from torch import nn
-
 from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
+from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
 from robustad.methods.baselines.backbones import BackboneConfig, build_cnn, freeze
 from robustad.methods.baselines.common import (
     LocalPatchFeatures,
@@ -41,31 +40,32 @@ from robustad.methods.baselines.common import (
     stack_images,
 )
 from robustad.methods.baselines.smoothing import gaussian_blur
+from robustad.methods.config_fields import in_range
 from robustad.methods.detector import Detector
-from robustad.methods.baselines.adversarial_variant import register_adversarial_variant
 from robustad.methods.registry import register_method
+from torch import nn
 
 
 @dataclasses.dataclass
 class SimpleNetConfig(BackboneConfig):
-    image_size: int = 288
+    image_size: int = in_range(288, low=8)
     backbone: str = "wide_resnet50_2"
     layers: tuple[str, ...] = ("layer2", "layer3")
-    pretrain_dim: int = 1536
-    target_dim: int = 1536
-    hidden_dim: int = 1024
-    noise_std: float = 0.015
-    noise_relative: float = 0.0  # > 0: σ = noise_relative × std of the training features (other backbones)
-    margin: float = 0.5
-    adaptor_lr: float = 1e-4
-    discriminator_lr: float = 2e-4
-    weight_decay: float = 1e-5
-    epochs: int = 160
-    batch_size: int = 8
-    smoothing_sigma: float = 4.0
+    pretrain_dim: int = in_range(1536, low=1)
+    target_dim: int = in_range(1536, low=1)
+    hidden_dim: int = in_range(1024, low=1)
+    noise_std: float = in_range(0.015, low=0)
+    noise_relative: float = in_range(0.0, low=0)  # > 0: σ = noise_relative × std of the training features (other backbones)
+    margin: float = in_range(0.5, low=0)
+    adaptor_lr: float = in_range(1e-4, low=0, low_open=True)
+    discriminator_lr: float = in_range(2e-4, low=0, low_open=True)
+    weight_decay: float = in_range(1e-5, low=0)
+    epochs: int = in_range(160, low=1)
+    batch_size: int = in_range(8, low=1)
+    smoothing_sigma: float = in_range(4.0, low=0)
     adversarial: bool = False  # embedding-space adversarial training of the discriminator
-    adv_steps: int = 10
-    adv_eps_ratio: float = 0.5
+    adv_steps: int = in_range(10, low=0)
+    adv_eps_ratio: float = in_range(0.5, low=0)
 
 
 def xavier(module: nn.Module) -> nn.Module:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as TF
-
 from robustad.methods.baselines.perlin import blend_anomaly, perlin_mask, perlin_noise
 
 TEXTURE_SOURCES = ("dtd", "train", "procedural")
