@@ -130,12 +130,19 @@ def validate_run_arguments(args) -> None:
     from robustad.attacks import create_attack
     from robustad.methods import method_config
 
+    from robustad.bench.runner import expand_categories
+    from robustad.bench.validation import check_categories, check_eps, check_results_writable
+
     config = dict(parse_config_items(args.config))
     for method in args.method:
         method_config(method, profile=args.profile, **config)
     for attack in args.attack or ["pgd"]:
         create_attack(attack, norm=args.norm, eps=parse_eps((args.eps or ["8/255"])[0]), steps=args.steps,
                       objective=args.objective, **attack_options_of(args))
+    check_eps(args.norm, [parse_eps(e) for e in args.eps or ["8/255"]])
+    for dataset in args.dataset:
+        check_categories(dataset, args.root, expand_categories(dataset, args.root, args.category or "all"))
+    check_results_writable(args.results)
 
 
 def cmd_run(args) -> int:
@@ -148,20 +155,32 @@ def cmd_run(args) -> int:
                        precision=args.precision, attack_batch=args.attack_batch,
                        on_record=lambda r: print(format_cell_result(r), flush=True))
     failed = [r for r in records if r.failed]
-    print(f"{len(records) - len(failed)} cell(s) done, {len(failed)} failed; records in "
-          f"{Path(args.results).resolve() / 'records'}")
-    return 1 if failed else 0
+    folder = Path(args.results).expanduser().resolve() / "records"
+    elsewhere = [r for r in records if not (folder / f"{r.cell_id}.json").is_file()]
+    print(f"{len(records) - len(failed)} cell(s) done, {len(failed)} failed; records in {folder}"
+          + (f"; {len(elsewhere)} could not be written there (see the messages above for where they are)"
+             if elsewhere else ""))
+    return 1 if failed or elsewhere else 0
 
 
 def cmd_table(args) -> int:
-    from robustad.bench.tables import load_records, write_tables
+    from robustad.bench.tables import build_table, load_records, write_tables
 
     _, problems = load_records(args.results)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     filters = {k: getattr(args, k) for k in ("method", "dataset", "attack", "steps", "objective", "norm", "eps", "profile")}
-    paths = write_tables(args.results, layout=args.layout, task=args.task, fmt=args.format,
-                         **{k: v for k, v in filters.items() if v is not None})
+    filters = {k: v for k, v in filters.items() if v is not None}
+    records, _ = load_records(args.results)
+    text = build_table(records, layout=args.layout, task=args.task, fmt=args.format, **filters) if records else None
+    try:
+        paths = write_tables(args.results, layout=args.layout, task=args.task, fmt=args.format, records=records,
+                             **filters)
+    except OSError as err:  # a read-only results folder: the table is still shown
+        print(text)
+        print(f"bench: error: could not save the table under {Path(args.results).resolve() / 'tables'} "
+              f"({err.strerror or err})", file=sys.stderr)
+        return 1
     for path in paths:
         print(Path(path).read_text())
         print(f"written to {path}", file=sys.stderr)

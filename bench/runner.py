@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -30,8 +31,10 @@ from robustad.attacks.batching import ChunkedAttack
 from robustad.bench.environment import git_revision, package_versions
 from robustad.core.profiles import EVAL_SETTINGS, Profile
 from robustad.bench.records import Metrics, Record, is_done, now_iso, read_record, record_path, write_record
+from robustad.core.cache import cache_root
 from robustad.core.seeding import seed_everything
 from robustad.datasets import create_dataset, list_categories
+from robustad.datasets.decode_check import check_decodes
 from robustad.methods import create_method, typed_config_overrides
 from robustad.methods.checkpoint import CheckpointMismatchError, file_sha256
 
@@ -117,7 +120,11 @@ def fit_or_load(detector, spec: CellSpec, results: Path, train_set, log) -> tupl
     start = time.perf_counter()
     detector.fit(train_set)
     seconds = time.perf_counter() - start
-    detector.save_checkpoint(path)
+    try:
+        detector.save_checkpoint(path)
+    except OSError as err:  # a disk filled during the fit: keep the trained model, evaluate it anyway
+        log(f"warning: could not save the checkpoint {path} ({err.strerror or err}); the cell goes on with the "
+            f"model in memory, and a rerun trains it again")
     return path, seconds, False
 
 
@@ -208,6 +215,9 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
                                image_size=detector.image_size)
     test_set = create_dataset(spec.dataset, root=spec.root, category=spec.category, split="test",
                               image_size=detector.image_size)
+    check_decodes(train_set, detector.image_size)  # a truncated test image is found now, not after the fit
+    check_decodes(test_set, detector.image_size)
+    check_room_for_checkpoint(results, detector)
     detector.to(torch_device)
     ckpt, fit_seconds, reused = fit_or_load(detector, spec, results, train_set, log)
     detector.to(torch_device).eval()
@@ -238,10 +248,38 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
         checks=checks,
         versions=package_versions(),
         git_revision=git_revision(),
-        checkpoint_sha256=file_sha256(ckpt),
+        checkpoint_sha256=file_sha256(ckpt) if ckpt.exists() else None,
     )
-    write_record(results, record)
+    save_record(results, record, log)
     return record
+
+
+def save_record(results: Path, record: Record, log) -> Path:
+    """Writes the record under `results`; if that fails (a full disk, a read-only folder), under the
+    cache's `records-fallback/` instead, saying where: a finished computation is never thrown away."""
+    try:
+        return write_record(results, record)
+    except OSError as err:
+        fallback = cache_root() / "records-fallback"
+        try:
+            path = write_record(fallback, record)
+        except OSError:
+            log(f"error: could not write the record of {record.cell_id} ({err.strerror or err}) nor a copy under "
+                f"{fallback}; here it is:\n{json.dumps(record.to_json())}")
+            raise err from None
+        log(f"error: could not write the record under {results} ({err.strerror or err}); kept it at {path}")
+        return path
+
+
+def check_room_for_checkpoint(results: Path, detector) -> None:
+    """Refuses to train when the results folder's disk cannot hold the checkpoint (twice its weights, for
+    the temporary file of the atomic write), before any training."""
+    weights = sum(t.numel() * t.element_size() for t in detector.state_dict().values())
+    results.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(results).free
+    if free < 2 * weights + (16 << 20):
+        raise RunError(f"--results {results}: {free / 2**20:.0f} MiB free, too little for a checkpoint of "
+                       f"{weights / 2**20:.0f} MiB; free some space or choose another folder")
 
 
 def cell_fields(spec: CellSpec) -> dict[str, Any]:
@@ -278,7 +316,7 @@ def run_grid(specs: list[CellSpec], *, results="results", device="cpu", force=Fa
             raise
         except Exception as err:  # noqa: BLE001 - the failure is recorded, not swallowed
             record = failed_record(spec, err)
-            write_record(Path(results).expanduser().resolve(), record)
+            save_record(Path(results).expanduser().resolve(), record, log)
             log(f"cell {spec.cell_id()} failed: {record.error}")
         records.append(record)
         if on_record:

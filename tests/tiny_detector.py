@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustad.core.profiles import Profile
+from robustad.methods.config_fields import in_range
 from robustad.methods.detector import Detector, DetectorConfig
 
 
@@ -19,9 +20,9 @@ from robustad.methods.detector import Detector, DetectorConfig
 class TinyConfig(DetectorConfig):
     image_size: int = 32
     top_k: int = 3
-    width: int = 16
-    steps: int = 150
-    lr: float = 3e-3
+    width: int = in_range(16, low=1)
+    steps: int = in_range(150, low=1)
+    lr: float = in_range(3e-3, low=0, low_open=True)
 
 
 class TinyDetector(Detector):
