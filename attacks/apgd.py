@@ -39,7 +39,7 @@ import torch
 from robustad.attacks.attack import Attack, keep_best
 from robustad.attacks.objectives import FlipLoss
 from robustad.attacks.registry import register_attack
-from robustad.attacks.threat_model import Norm, ascent_direction, project
+from robustad.attacks.threat_model import Norm, ascent_direction, normal_like, project, uniform_like
 from robustad.attacks.unit_losses import UNIT_LOSSES, unit_loss
 
 MOMENTUM = 0.75
@@ -94,14 +94,16 @@ def checkpoint_lengths(steps: int) -> tuple[int, int, int]:
     return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
 
 
-def apgd_start(clean: torch.Tensor, norm: Norm, eps: float, generator: torch.Generator) -> torch.Tensor:
-    """APGD's random start: L∞ uniform noise scaled to norm ε, L2 a point on the ε-sphere."""
+def apgd_start(clean: torch.Tensor, norm: Norm, eps: float, generator) -> torch.Tensor:
+    """APGD's random start: L∞ uniform noise scaled to norm ε, L2 a point on the ε-sphere.
+
+    `generator`: an `ImageRandom` (per image, the same in any batch) or a `torch.Generator`."""
     shape = (-1, *[1] * (clean.dim() - 1))
     if norm == Norm.LINF:
-        noise = torch.rand(clean.shape, generator=generator).to(clean) * 2 - 1
+        noise = uniform_like(clean, generator) * 2 - 1
         noise = noise / noise.flatten(1).abs().amax(1).clamp_min(1e-12).view(shape)
     else:
-        noise = torch.randn(clean.shape, generator=generator).to(clean)
+        noise = normal_like(clean, generator)
         noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
     return (clean + eps * noise).clamp(0.0, 1.0)
 
@@ -181,7 +183,7 @@ class APGD(Attack):
     name = "apgd"
     default_steps = 100
 
-    def __init__(self, threat, *, loss: str = "ce", random_init: bool = True, rho: float = RHO, **kwargs):
+    def __init__(self, threat, *, loss: str = "margin", random_init: bool = True, rho: float = RHO, **kwargs):
         super().__init__(threat, loss=loss, **kwargs)
         self.random_init = random_init
         self.rho = float(rho)
@@ -193,9 +195,10 @@ class APGD(Attack):
         evaluate = objective_evaluation(objective, self.loss.value)
         best_rank = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.clone()
+        rng = self.image_random(images) if self.random_init or t.random_start else None
         for restart in range(t.restarts):
             if self.random_init or t.random_start:
-                start = apgd_start(images, t.norm, t.eps, self.generator(restart))
+                start = apgd_start(images, t.norm, t.eps, rng)
             else:
                 start = images.clone()
             run = apgd_ascent(evaluate, images, start, t.norm, t.eps, t.steps, rho=self.rho)

@@ -31,7 +31,7 @@ from robustad.attacks.registry import register_attack
 from robustad.attacks.threat_model import project
 from robustad.attacks.unit_losses import UNIT_LOSSES
 
-SEA_LOSSES = ("masked-ce", "balanced-ce", "js")
+SEA_LOSSES = ("masked-ce", "balanced-ce", "js", "margin")
 RADIUS_FACTORS = (2.0, 1.5, 1.0)
 STAGE_FRACTIONS = (0.3, 0.3)  # the last stage takes the remaining iterations
 
@@ -69,11 +69,12 @@ class SEA(Attack):
         best_rank = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.clone()
         for member, loss in enumerate(self.losses):
-            evaluate = objective_evaluation(objective, loss, track=self.track)
+            # the margin member steers its step size by its own loss, as APGD-margin does
+            evaluate = objective_evaluation(objective, loss, track="margin" if loss == "margin" else self.track)
+            rng = self.image_random(images, stream=member)
             for restart in range(t.restarts):
-                gen = self.generator(member * 1009 + restart)
                 stages = radius_schedule(t.eps, t.steps)
-                point = apgd_start(images, t.norm, stages[0][0], gen)
+                point = apgd_start(images, t.norm, stages[0][0], rng)
                 for radius, steps in stages:
                     start = project(point, images, t.norm, radius)
                     run = apgd_ascent(evaluate, images, start, t.norm, radius, steps, rho=RHO)

@@ -49,9 +49,10 @@ class SegPGD(Attack):
         targets = objective.targets
         best_rank = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.clone()
+        rng = self.image_random(images) if self.random_init or t.random_start else None
         for restart in range(t.restarts):
             if self.random_init or t.random_start:
-                adv = random_start(images, t.norm, t.eps, self.generator(restart))
+                adv = random_start(images, t.norm, t.eps, rng)
             else:
                 adv = images.clone()
             for step in range(1, t.steps + 1):
