@@ -165,44 +165,43 @@ class A3(Attack):
         schedule = list(OPENING_ROUNDS)
         round1_attacked = adi_succeeded = 0
         biased = False
-        r = 0
+        position = 0  # in the schedule; a round the "under 10% left" rule repeats keeps its position
         while used < budget:
-            if r == len(OPENING_ROUNDS):
+            if position == len(OPENING_ROUNDS):
                 biased = round1_attacked > 0 and adi_succeeded >= ADI_SUCCESS_SHARE * round1_attacked
                 schedule += BIASED_ROUNDS if biased else EXPLORE_ROUNDS
-            if r >= len(schedule):
+            if position >= len(schedule):
                 break
-            round_, few_left = schedule[r], False
-            if not isinstance(round_, _Extra) and int((~state.success).sum()) < FEW_LEFT * n:
-                few_left = True
-                round_ = A3Round(1.0, round_.adi_steps, round_.steps)
-                schedule[r + 1:r + 1] = [_Extra(round_)] * EXTRA_RESTARTS
-            round_ = round_.round if isinstance(round_, _Extra) else round_
-            chosen = self._select(state, round_.fraction)
-            if chosen.numel() == 0:
-                break
-            per_image = (budget - used) // chosen.numel()
-            if per_image < 1:
-                break
-            adi = min(round_.adi_steps, per_image // 2)
-            steps = min(round_.steps, per_image - adi)
-            use_bias = biased and r >= len(OPENING_ROUNDS)
-            cost = adi_wins = 0
-            for start in range(0, chosen.numel(), chunk):
-                part = chosen[start:start + chunk]
-                spent, won = self._round(objective, images, part, state, adi, steps, use_bias, rng.subset(part))
-                cost, adi_wins = cost + spent, adi_wins + won
-            used += cost
-            if r == 1:
-                round1_attacked = chosen.numel()
-            if 1 <= r < len(OPENING_ROUNDS):
-                adi_succeeded += adi_wins
-            self.last_rounds.append(
-                {"round": r, "attacked": int(chosen.numel()), "adi_steps": adi, "steps": steps,
-                 "succeeded": int(state.success.sum()), "cost": int(cost), "biased": bool(use_bias),
-                 "few_left": few_left}
-            )
-            r += 1
+            round_, runs = schedule[position], 1
+            few_left = int((~state.success).sum()) < FEW_LEFT * n
+            if few_left:
+                round_, runs = A3Round(1.0, round_.adi_steps, round_.steps), 1 + EXTRA_RESTARTS
+            use_bias = biased and position >= len(OPENING_ROUNDS)
+            for run in range(runs):
+                chosen = self._select(state, round_.fraction)
+                per_image = (budget - used) // max(chosen.numel(), 1)
+                if chosen.numel() == 0 or per_image < 1:
+                    return state.best_adv
+                adi = min(round_.adi_steps, per_image // 2)
+                steps = min(round_.steps, per_image - adi)
+                cost = adi_wins = 0
+                for start in range(0, chosen.numel(), chunk):
+                    part = chosen[start:start + chunk]
+                    spent, won = self._round(objective, images, part, state, adi, steps, use_bias, rng.subset(part))
+                    cost, adi_wins = cost + spent, adi_wins + won
+                used += cost
+                if position == 1 and run == 0:
+                    round1_attacked = chosen.numel()
+                if 1 <= position < len(OPENING_ROUNDS):
+                    adi_succeeded += adi_wins
+                self.last_rounds.append(
+                    {"round": position, "run": run, "attacked": int(chosen.numel()), "adi_steps": adi, "steps": steps,
+                     "succeeded": int(state.success.sum()), "cost": int(cost), "biased": bool(use_bias),
+                     "few_left": few_left}
+                )
+                if used >= budget:
+                    break
+            position += 1
         return state.best_adv
 
     # -- one round ---------------------------------------------------------------------------------
@@ -263,13 +262,6 @@ class A3(Attack):
     def describe(self):
         return {**super().describe(), "success_fraction": self.success_fraction, "threshold": self.threshold,
                 "whole_test_set": True}
-
-
-@dataclass(frozen=True)
-class _Extra:
-    """A restart the "under 10% left" rule added (it does not add restarts itself)."""
-
-    round: A3Round
 
 
 @dataclass

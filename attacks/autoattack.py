@@ -2,7 +2,7 @@
 
 https://arxiv.org/abs/2003.01690. The standard AutoAttack runs APGD-CE, APGD-T (targeted DLR
 loss), FAB-T and Square, and reports the worst case per image. DLR needs at least three classes,
-which anomaly units (two-class logits [0, m]) do not have, so the PatchGuard authors "replaced
+which anomaly units (two-class logits [0, m'] of the calibrated logit m') do not have, so the PatchGuard authors "replaced
 the DLR loss component in AutoAttack with a PGD attack". Members here, each on every image:
 
 1. `apgd-ce`: APGD on the CE flip loss of the calibrated unit logits (`attacks/apgd.py`,

@@ -78,7 +78,10 @@ def _parse_eps(value) -> float:
 
 
 def _attack_and_steps(attack: str, steps: int | None) -> tuple[str, int | None]:
-    """`pgd-1000` with steps 1000 (or null) is attack `pgd` with 1000 steps."""
+    """`pgd-1000` with steps 1000 (or null) is attack `pgd` with 1000 steps. A `worst:` name stays
+    whole: its members carry their own budgets (`worst:pgd-20,square-5000`)."""
+    if attack.startswith("worst:"):
+        return attack, steps
     match = re.fullmatch(r"(.+)-(\d+)", attack)
     if match and (steps is None or steps == int(match.group(2))):
         return match.group(1), int(match.group(2))
@@ -88,6 +91,27 @@ def _attack_and_steps(attack: str, steps: int | None) -> tuple[str, int | None]:
 def _options_text(options: dict) -> str:
     """"loss=ce, step_size=0.00784": attack options as a column label keeps them apart."""
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(options.items()))
+
+
+def _member_label(member: str) -> str:
+    """`pgd-20` -> `PGD-20`, `square-5000` -> `Square-5000`: a `worst:` member with its budget."""
+    attack, steps = _attack_and_steps(member, None)
+    name = ATTACK_NAMES.get(attack, attack)
+    return f"{name}-{steps}" if steps is not None and steps > 1 else name
+
+
+def _worst_matches(recorded: str, wanted: str) -> bool:
+    """`worst:pgd,square` matches the record `worst:pgd-20,square-5000`: a wanted member without
+    `-N` matches that attack at any budget, one with `-N` only that budget."""
+    have, want = recorded[len("worst:"):].split(","), wanted[len("worst:"):].split(",")
+    if len(have) != len(want):
+        return False
+    for recorded_member, wanted_member in zip(have, want):
+        attack, steps = _attack_and_steps(recorded_member.strip(), None)
+        wanted_attack, wanted_steps = _attack_and_steps(wanted_member.strip().lower(), None)
+        if attack != wanted_attack or (wanted_steps is not None and steps != wanted_steps):
+            return False
+    return True
 
 
 @dataclass(frozen=True, order=True)
@@ -112,8 +136,11 @@ class AttackSetting:
                    _options_text(record.get("attack_options") or {}))
 
     def attack_label(self) -> str:
-        name = ATTACK_NAMES.get(self.attack, self.attack)
-        label = f"{name}-{self.steps}" if self.steps > 1 else name
+        if self.attack.startswith("worst:"):
+            label = "worst:" + ",".join(_member_label(m) for m in self.attack[len("worst:"):].split(","))
+        else:
+            name = ATTACK_NAMES.get(self.attack, self.attack)
+            label = f"{name}-{self.steps}" if self.steps > 1 else name
         return f"{label} [{self.options}]" if self.options else label
 
     def describe(self) -> str:
@@ -128,6 +155,9 @@ def _matches(record: dict, filters: dict) -> bool:
             continue
         if key == "eps":
             if not math.isclose(setting.eps, _parse_eps(wanted), rel_tol=1e-4, abs_tol=1e-6):
+                return False
+        elif key == "attack" and str(wanted).startswith("worst:"):
+            if not setting.attack.startswith("worst:") or not _worst_matches(setting.attack, str(wanted)):
                 return False
         elif key == "attack":
             attack, steps = _attack_and_steps(str(wanted), None)

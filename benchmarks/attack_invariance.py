@@ -35,6 +35,7 @@ import torch
 from robustad.attacks import ATTACKS, create_attack, parse_eps
 from robustad.attacks.registry import split_attack_name
 from robustad.bench.affine_logits import AffineLogits
+from robustad.bench.cli import parse_option_value
 from robustad.bench.runner import CellSpec, evaluate, fit_or_load
 from robustad.datasets import create_dataset
 from robustad.methods import create_method
@@ -52,8 +53,8 @@ def attack_name(name: str, steps: int, queries: int) -> str:
     return f"{base}-{queries if getattr(ATTACKS.get(base), 'steps_are_queries', False) else steps}"
 
 
-def attack_options(name: str, queries: int) -> dict:
-    return {"square_queries": queries} if split_attack_name(name)[0] == "autoattack" else {}
+def attack_options(name: str, queries: int, extra: dict) -> dict:
+    return {**({"square_queries": queries} if split_attack_name(name)[0] == "autoattack" else {}), **extra}
 
 
 def generated_tree(results: str, n: int) -> Path:
@@ -97,7 +98,7 @@ def measure(detector, orders, name: str, objective: str, args) -> dict:
             continue
         model = detector if (scale, shift) == (1.0, 0.0) else AffineLogits(detector, scale=scale, shift=shift)
         attack = create_attack(name, norm=args.norm, eps=parse_eps(args.eps), seed=args.seed, objective=objective,
-                               **attack_options(name, args.queries))
+                               **attack_options(name, args.queries, args.options))
         start = time.perf_counter()
         out = evaluate(model, orders[shuffled], attack, batch_size=args.batch_size, device=torch.device("cpu"),
                        progress=False)
@@ -132,16 +133,21 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     p.add_argument("--max-images", dest="max_images", type=int, default=None)
     p.add_argument("--results", default="results", help="checkpoint cache (the runner's)")
+    p.add_argument("--attack-option", dest="attack_option", action="append", metavar="KEY=VALUE",
+                   help="an option of every attack's constructor, as `bench run --attack-option` "
+                        "(e.g. losses=masked-ce,balanced-ce,js for sea, rescale_schedule=true for square)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.options = {key: parse_option_value(value) for key, _, value in
+                    (item.partition("=") for item in args.attack_option or [])}
     if args.generated:
         args.dataset, args.category, args.root = "mvtec", "alpha", str(generated_tree(args.results, args.generated))
     names = args.attack or ATTACKS.names()
     detector, test = trained_detector(args)
     orders = test_orders(test, args.max_images, args.seed)
     report = {"method": args.method, "config": args.config or [], "dataset": args.dataset, "category": args.category,
-              "norm": args.norm, "eps": args.eps, "steps": args.steps, "queries": args.queries,
+              "norm": args.norm, "eps": args.eps, "steps": args.steps, "queries": args.queries, "options": args.options,
               "n_test": len(orders[0]), "batch_size": args.batch_size, "attacks": {}}
     for objective in args.objectives.split(","):
         for name in names:
