@@ -185,6 +185,9 @@ def cmd_check(args) -> int:
     from robustad.bench.soundness import run_soundness
     from robustad.datasets import list_categories
 
+    from robustad.attacks import create_attack
+
+    create_attack(args.attack, norm=args.norm, eps=parse_eps(args.eps))  # an unknown attack fails before training
     category = args.category or list_categories(args.dataset, args.root)[0]
     spec = CellSpec(method=args.method, dataset=args.dataset, category=category, attack=args.attack, norm=args.norm,
                     eps=parse_eps(args.eps), eps_text=args.eps, steps=args.steps, seed=args.seed,

@@ -124,7 +124,7 @@ def autocast(device: torch.device, precision: str):
 
 
 def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.device, precision: str = "fp32",
-             max_images: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+             max_images: int | None = None, progress: bool | None = None, calibration=None) -> dict[str, Any]:
     """Clean and adversarial scores and maps of the test set; checks every adversarial batch.
 
     Two passes. The clean pass scores every test image and calibrates the attack's two-class
@@ -132,7 +132,8 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
     (`attacks/calibration.py`); the attack pass then attacks batch after batch with that one
     calibration, so no batch is judged by its own images. An attack that needs the whole test set
     (`whole_test_set`, A³) gets every image in one call. `calibration` in the result is what the
-    record stores as `attack_calibration`.
+    record stores as `attack_calibration`; `calibration` given replaces the clean pass's (a study
+    of other readings: `benchmarks/calibration_readings.py`).
     """
     from robustad.attacks.calibration import UnitCalibration
     from robustad.attacks.objectives import Objective, unit_targets
@@ -168,7 +169,8 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
         out["masks"].append(masks[:, 0].cpu())
         if whole:
             kept.append((batch["image"], batch["mask"], batch["label"]))
-    calibration = UnitCalibration.from_units(torch.cat(units), torch.cat(targets), objective)
+    if calibration is None:
+        calibration = UnitCalibration.from_units(torch.cat(units), torch.cat(targets), objective)
 
     def attacked(images, masks, labels):
         start = time.perf_counter()

@@ -178,3 +178,23 @@ def test_worst_record_and_table_list_each_members_real_settings(mvtec_root, tmp_
     assert calibration["scale"] > 0 and math.isfinite(calibration["location"])
     other = AttackSetting.of({**record, "attack": "worst:pgd-20,pgd-20,fgsm"})
     assert other != AttackSetting.of(record)  # different member budgets are different table columns
+
+
+# -- the benchmark scripts' helpers --------------------------------------------------------------
+
+
+def test_benchmark_helpers_name_budgets_and_fit_platt():
+    from tests.benchmark_scripts import load_benchmark
+
+    invariance = load_benchmark("attack_invariance")
+    assert invariance.attack_name("pgd", 20, 500) == "pgd-20" and invariance.attack_name("square", 20, 500) == "square-500"
+    assert invariance.attack_name("fgsm", 20, 500) == "fgsm" and invariance.attack_name("a3-7", 20, 500) == "a3-7"
+    assert invariance.attack_name("worst:pgd-5,pgd-50", 20, 500) == "worst:pgd-5,pgd-50"
+    readings = load_benchmark("calibration_readings")
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, generator=gen) * 3 + 1
+    targets = (torch.rand(20000, generator=gen) < torch.sigmoid((logits - 2.0) / 0.5)).float()
+    location, scale = readings.platt(logits, targets)
+    assert location == pytest.approx(2.0, abs=0.1) and scale == pytest.approx(0.5, rel=0.1)
+    moved = readings.platt(3 * logits + 5, targets)  # maximum likelihood follows affine maps
+    assert moved == pytest.approx((3 * location + 5, 3 * scale), rel=1e-4)
