@@ -1,5 +1,6 @@
 """Attacks adapted to patch-wise label flipping, the threat model and the attack registry."""
 from robustad.attacks.attack import Attack, frozen, keep_best
+from robustad.attacks.calibration import UnitCalibration
 from robustad.attacks.objectives import AttackObjective, FlipLoss, Objective, flip_loss, patch_targets
 from robustad.attacks.registry import ATTACKS, create_attack, register_attack
 from robustad.attacks.threat_model import Norm, ThreatModel, ThreatModelViolation, check_inside, parse_eps, project
@@ -18,6 +19,7 @@ __all__ = [
     "Objective",
     "ThreatModel",
     "ThreatModelViolation",
+    "UnitCalibration",
     "check_inside",
     "create_attack",
     "flip_loss",

@@ -3,6 +3,14 @@
 Subclasses implement one method, `perturb(objective, images)`. The base class builds the unit
 targets from the masks, freezes the detector (eval mode, no parameter gradients) for the attack's
 duration and hands the subclass an `AttackObjective` to maximize.
+
+`calibration` (`attacks/calibration.py`): the two-class reading and success thresholds of the
+whole test set's clean unit logits, which the runner computes once per cell and passes to every
+call. Without it, the batch's own clean logits calibrate it: the batch is then the test set.
+
+Randomness: `image_random(images, stream)` draws per image, from the seed and the image's pixels
+(`attacks/image_random.py`), so an image gets the same random start wherever it sits in whichever
+batch; `generator(offset)` is one stream for the call, for what all images share.
 """
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from robustad.attacks.image_random import ImageRandom
 from robustad.attacks.objectives import AttackObjective, FlipLoss, Objective
 from robustad.attacks.threat_model import Norm, ThreatModel
 
@@ -58,9 +67,12 @@ class Attack:
                 f"not {threat.norm.value}"
             )
 
-    def __call__(self, detector, images: torch.Tensor, masks: torch.Tensor | None, labels: torch.Tensor | None = None):
+    def __call__(self, detector, images: torch.Tensor, masks: torch.Tensor | None, labels: torch.Tensor | None = None,
+                 calibration=None):
+        """Adversarial images (B, 3, H, W) for images (B, 3, H, W) in [0, 1], masks (B, 1, H, W) or
+        None, labels (B,) or None; `calibration`: the test set's `UnitCalibration` (None: the batch's)."""
         with frozen(detector):
-            objective = AttackObjective.build(detector, images, masks, labels, self.objective, self.loss)
+            objective = AttackObjective.build(detector, images, masks, labels, self.objective, self.loss, calibration)
             if self.threat.eps == 0:
                 return images.detach().clone()
             adv = self.perturb(objective, images.detach())
@@ -76,6 +88,10 @@ class Attack:
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(self.threat.seed) * 1_000_003 + offset)
         return gen
+
+    def image_random(self, images: torch.Tensor, stream: int = 0) -> ImageRandom:
+        """Per-image random numbers seeded from the threat model's seed, `stream` and each image."""
+        return ImageRandom(images, self.threat.seed, stream)
 
     def describe(self) -> dict[str, Any]:
         """What the result record stores about the attack."""

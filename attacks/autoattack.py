@@ -2,17 +2,19 @@
 
 https://arxiv.org/abs/2003.01690. The standard AutoAttack runs APGD-CE, APGD-T (targeted DLR
 loss), FAB-T and Square, and reports the worst case per image. DLR needs at least three classes,
-which anomaly units (two-class logits [0, m]) do not have, so the PatchGuard authors "replaced
+which anomaly units (two-class logits [0, m'] of the calibrated logit m') do not have, so the PatchGuard authors "replaced
 the DLR loss component in AutoAttack with a PGD attack". Members here, each on every image:
 
-1. `apgd-ce`: APGD on the CE flip loss (`attacks/apgd.py`), `steps` iterations, random start;
+1. `apgd-ce`: APGD on the CE flip loss of the calibrated unit logits (`attacks/apgd.py`,
+   `attacks/calibration.py`), `steps` iterations, random start;
 2. `pgd-margin`: PGD on the margin flip loss in place of APGD-T/DLR (`attacks/pgd.py`), `steps`
    iterations, the threat model's step size (2.5·ε/steps) and start;
 3. `apgd-margin`: in place of FAB-T. FAB-T is a minimum-norm attack that walks to the decision
    boundary of a target class; with binary units there is no target class to choose and, AUROC
    having no threshold, no boundary to reach, so its slot runs APGD on the non-saturating margin
    loss (APGD-T's role in the original: a margin loss with APGD's schedule);
-4. `square`: Square Attack (`attacks/square.py`), `square_queries` queries, L∞ or L2;
+4. `square`: Square Attack (`attacks/square.py`), `square_queries` queries with AutoAttack's
+   p-schedule (not stretched to the budget: `resc_schedule=False`), L∞ or L2;
    `square_queries=0` leaves it out.
 
 The result is, per image, the member output with the highest margin flip loss (AutoAttack keeps
@@ -29,7 +31,7 @@ import torch
 
 from robustad.attacks.apgd import APGD
 from robustad.attacks.attack import Attack, keep_best
-from robustad.attacks.objectives import AttackObjective, FlipLoss
+from robustad.attacks.objectives import FlipLoss
 from robustad.attacks.pgd import PGD
 from robustad.attacks.registry import register_attack
 from robustad.attacks.square import Square
@@ -69,8 +71,7 @@ class AutoAttack(Attack):
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.clone()
         for _, member in self.members:
-            member_objective = AttackObjective(objective.detector, objective.targets, objective.objective, member.loss)
-            adv = member.perturb(member_objective, images)
+            adv = member.perturb(objective.with_loss(member.loss), images)
             with torch.no_grad():
                 loss = objective.loss(adv, FlipLoss.MARGIN)
             best_loss, best_adv = keep_best(best_loss, best_adv, loss, adv)

@@ -5,10 +5,13 @@ forward+backward passes per image); a GPU is used best by the largest batch that
 attack in this package treats images independently (per-image losses, per-image steps, the model
 in eval mode), so splitting a batch into chunks does not change the result: the same images come
 back, bit for bit, whenever the kernels themselves do not depend on the batch size (checked in
-`tests/test_batching.py`). One exception: an attack with a *random start* seeds its noise per
-call, so the start points (not the algorithm) depend on the chunking.
+`tests/test_batching.py`); random starts are drawn per image (`attacks/image_random.py`), so they
+do not depend on the chunking either. The test set's calibration (`attacks/calibration.py`) is
+passed to every chunk, so no chunk calibrates from its own images. An attack that needs the whole test set at once (`whole_test_set`,
+A³: its discarding and budget are statistics of the test set) is called once with every image and
+`max_batch`, and runs its own chunks.
 
-- `attack_in_chunks(attack, detector, images, masks, labels=None, max_batch=None)`: one call.
+- `attack_in_chunks(attack, detector, images, masks, labels=None, max_batch=None, calibration=None)`: one call.
 - `ChunkedAttack(attack, max_batch=None)`: a drop-in wrapper with the attack's call signature
   that remembers the largest chunk that fitted, so later batches do not probe again.
 
@@ -62,19 +65,31 @@ class ChunkedAttack:
     def name(self) -> str:
         return self.attack.name
 
+    @property
+    def objective(self):
+        return self.attack.objective
+
+    @property
+    def whole_test_set(self) -> bool:
+        return getattr(self.attack, "whole_test_set", False)
+
     def describe(self) -> dict:
         return self.attack.describe()
 
     def __repr__(self) -> str:
         return f"ChunkedAttack({self.attack!r}, max_batch={self.max_batch})"
 
-    def __call__(self, detector, images: torch.Tensor, masks: torch.Tensor | None, labels: torch.Tensor | None = None):
-        """Adversarial images (B, 3, H, W), the attack's result on every chunk, concatenated."""
+    def __call__(self, detector, images: torch.Tensor, masks: torch.Tensor | None, labels: torch.Tensor | None = None,
+                 calibration=None):
+        """Adversarial images (B, 3, H, W), the attack's result on every chunk, concatenated;
+        `calibration` (the test set's) is passed to every call."""
         total = images.shape[0]
         if total == 0:
             return images.detach().clone()
         size = self.max_batch or default_max_batch(images.device) or total
         size = min(size, total)
+        if self.whole_test_set:
+            return self._whole(detector, images, masks, labels, calibration, size)
         pieces = []
         start = 0
         while start < total:
@@ -86,6 +101,7 @@ class ChunkedAttack:
                     images[start:stop],
                     None if masks is None else masks[start:stop],
                     None if labels is None else labels[start:stop],
+                    **({} if calibration is None else {"calibration": calibration}),
                 )
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not _is_out_of_memory(error) or size == 1:
@@ -101,13 +117,30 @@ class ChunkedAttack:
             start = stop
         return torch.cat(pieces)
 
+    def _whole(self, detector, images, masks, labels, calibration, size):
+        """One call with every image; the attack chunks by `max_batch`, halved on out-of-memory."""
+        while True:
+            out_of_memory = False
+            try:
+                adv = self.attack(detector, images, masks, labels, calibration=calibration, max_batch=size)
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                if not _is_out_of_memory(error) or size == 1:
+                    raise
+                out_of_memory = True
+            if not out_of_memory:
+                self.chunk_sizes.append(images.shape[0])
+                return adv
+            _release_cached_memory(images.device)
+            size = max(1, size // 2)
+            self.max_batch = size
+
 
 def attack_in_chunks(attack, detector, images: torch.Tensor, masks: torch.Tensor | None,
-                     labels: torch.Tensor | None = None, max_batch: int | None = None) -> torch.Tensor:
-    """`attack(detector, images, masks, labels)` run on chunks of the largest size that fits.
+                     labels: torch.Tensor | None = None, max_batch: int | None = None, calibration=None) -> torch.Tensor:
+    """`attack(detector, images, masks, labels, calibration)` run on chunks of the largest size that fits.
 
     images (B, 3, H, W) in [0, 1]; masks (B, 1, H, W) or None; labels (B,) or None. `max_batch`
     caps the chunk size (None: automatic — the whole batch on CUDA, halved on out-of-memory;
     `CPU_DEFAULT_BATCH` on the CPU). Returns the adversarial images (B, 3, H, W).
     """
-    return ChunkedAttack(attack, max_batch)(detector, images, masks, labels)
+    return ChunkedAttack(attack, max_batch)(detector, images, masks, labels, calibration=calibration)

@@ -15,7 +15,9 @@ Magnitudes scale with the threat model's ε (magnitude · ε / published ε); th
 that the policy uses `steps` in total (default 200, the published L∞ total; the published L2 total
 is 1125, run it as `caa-1125`). A custom policy is a tuple of `PolicyStep`s (`policy=` option).
 
-Members (CAA's implementations, re-derived here for two-class units with logits [0, m]):
+Members (CAA's implementations, re-derived here for two-class units with logits [0, m'], m' the
+calibrated unit logit of `attacks/calibration.py`, so that no member depends on the scale or offset
+of the detector's logits):
 - `multi_targeted`: APGD-T with momentum 0.75 over the 9 runner-up classes. A unit has one other
   class, so it runs once, and the targeted DLR loss (undefined for two logits, as the PatchGuard
   paper notes for AutoAttack) is replaced by its numerator, z_target − z_true, i.e. the objective's
@@ -27,7 +29,7 @@ Members (CAA's implementations, re-derived here for two-class units with logits 
   (BCE on two-class units).
 - `ddn` (Rony et al., CVPR 2019): decoupled direction and norm, L2 only. It needs a success test to
   shrink or grow its norm: `robustad.attacks.flip_success` (all units past the clean units of the
-  other kind). Changes: the norm starts at ε and never exceeds it, the step is cosine-annealed from
+  other kind in the whole test set: the calibration's thresholds, not the batch's). Changes: the norm starts at ε and never exceeds it, the step is cosine-annealed from
   2·ε (DDN's 1 at CIFAR's ε = 0.5) to 1% of that, the gradient is that of the flip loss rather than
   CE (non-saturating, DESIGN.md), and there is no 8-bit quantization (it could leave the ε-ball).
 The adaptive step-size ascent is CAA's: step 2·magnitude, halved (and restarted from the member's
@@ -44,7 +46,8 @@ after the first is not also run from the clean images (that doubles the cost and
 worst case over two runs).
 
 Every image returns the iterate with the highest flip loss seen across all members (AUROC has no
-success threshold). Deterministic under `seed`. The threat model's `step_size`, `restarts` and
+success threshold). Deterministic under `seed`; random starts are drawn per image
+(`attacks/image_random.py`), the same in any batch. The threat model's `step_size`, `restarts` and
 `random_start` are not used: each member starts at a random point of its own ball and adapts its
 own step size.
 """
@@ -58,7 +61,7 @@ import torch.nn.functional as F
 
 from robustad.attacks.apgd import MOMENTUM, RHO, checkpoint_lengths
 from robustad.attacks.attack import Attack, keep_best
-from robustad.attacks.flip_success import clean_thresholds, image_success
+from robustad.attacks.flip_success import image_success
 from robustad.attacks.objectives import FlipLoss, Objective
 from robustad.attacks.registry import register_attack
 from robustad.attacks.threat_model import Norm, ascent_direction, project, random_start
@@ -90,7 +93,7 @@ POLICIES = {Norm.LINF: LINF_POLICY, Norm.L2: L2_POLICY}
 
 
 def cw_flip_loss(logits: torch.Tensor, targets: torch.Tensor, kappa: float = CW_KAPPA) -> torch.Tensor:
-    """Per-image CW loss (B,) of two-class units [0, m]: −relu(z_true − z_other + κ), averaged per kind."""
+    """Per-image CW loss (B,) of two-class units [0, m] (m calibrated): −relu(z_true − z_other + κ), averaged per kind."""
     normal = 1.0 - targets
     gap = torch.where(targets > 0.5, logits, -logits)  # z_true − z_other
     per_unit = -F.relu(gap + kappa)
@@ -132,7 +135,7 @@ class CAA(Attack):
         ]
 
     def perturb(self, objective, images):
-        run = _Run(objective, images, self.threat.norm, self.threat.eps, self.generator())
+        run = _Run(objective, images, self.threat.norm, self.threat.eps, self.image_random(images))
         current = images.clone()
         for attack, magnitude, steps in self.scaled_policy():
             current = MEMBERS[attack](run, current, magnitude, steps)
@@ -149,7 +152,7 @@ class _Run:
         self.objective, self.clean, self.norm, self.eps, self.generator = objective, clean, norm, eps, generator
         with torch.no_grad():
             clean_logits = objective.unit_logits(clean)
-        self.thresholds = clean_thresholds(clean_logits, objective.targets)
+        self.thresholds = objective.calibration.thresholds  # the whole test set's, not the batch's
         self.best_loss = objective.loss_from_logits(clean_logits)
         self.best_adv = clean.clone()
 

@@ -11,6 +11,11 @@ Losses (per image, to maximize):
 - `ce`: mean binary cross-entropy of the units against their true targets (appendix H's "sum of
   cross-entropy" over patches; with per-cell two-class logits [0, m] this is exactly the
   untargeted CE that torchattacks maximizes). It saturates on confident models.
+
+Attacks see calibrated unit logits m' = (m − τ)/s (`attacks/calibration.py`): the margin loss is
+the same up to the factor 1/s (its gradient's direction, and so every attack step, does not depend
+on τ or s), and the CE reads m' as the two-class logits [0, m'], which no longer assumes that the
+detector's boundary is at 0.
 """
 from __future__ import annotations
 
@@ -70,48 +75,87 @@ def flip_loss(logits: torch.Tensor, targets: torch.Tensor, loss: FlipLoss = Flip
     return (ce * known).sum(1) / known.sum(1).clamp_min(1.0)
 
 
+def unit_targets(masks: torch.Tensor | None, labels: torch.Tensor | None, grid: tuple[int, int],
+                 objective: Objective, batch: int | None = None) -> torch.Tensor:
+    """Unit targets (B, U) in {0, 1}: image labels (detection, U = 1) or cell targets on `grid`.
+
+    masks (B, 1, H, W) or None (all normal); labels (B,) or None (anomalous when the mask is not
+    empty). An anomalous image without a mask (e.g. Head-CT) has every cell anomalous.
+    """
+    if masks is None and labels is None:
+        if batch is None:
+            raise ValueError("unit_targets: give masks, labels or the batch size")
+        return torch.zeros(batch, 1 if objective == Objective.DETECTION else grid[0] * grid[1])
+    if labels is None:
+        labels = (masks.flatten(1).amax(1) > 0.5).float()
+    labels = labels.float()
+    if objective == Objective.DETECTION:
+        return labels.view(-1, 1)
+    if masks is None:
+        masks = torch.zeros(labels.shape[0], 1, *grid, device=labels.device)
+    cells = patch_targets(masks.to(labels.device), grid)
+    unmasked = (labels > 0.5) & (cells.flatten(1).amax(1) < 0.5)
+    cells[unmasked] = 1.0
+    return cells.flatten(1)
+
+
 class AttackObjective:
     """What an attack maximizes for one batch: a detector, its unit targets, an objective and a loss.
 
     `targets` are (B, U): cell targets flattened (localization) or image labels (detection).
+    `calibration` (`attacks/calibration.py`) maps the detector's unit logits m to the calibrated
+    m' = (m − τ)/s that every loss, success test and two-class reading of an attack uses, so that
+    no attack depends on the scale or offset of the detector's logits. The constructor's default
+    is the identity (m' = m, the BCE reading of log-odds); `build` calibrates from the batch's own
+    clean logits unless it is given the test set's calibration (what the runner does).
     """
 
-    def __init__(self, detector, targets: torch.Tensor, objective: Objective, loss: FlipLoss):
+    def __init__(self, detector, targets: torch.Tensor, objective: Objective, loss: FlipLoss, calibration=None):
+        from robustad.attacks.calibration import UnitCalibration
+
         self.detector = detector
         self.targets = targets
-        self.objective = objective
-        self.loss_kind = loss
+        self.objective = Objective.parse(objective)
+        self.loss_kind = FlipLoss.parse(loss)
+        self.calibration = calibration if calibration is not None else UnitCalibration.identity(self.objective)
+        if self.calibration.objective != self.objective:
+            raise ValueError(f"the calibration is for the {self.calibration.objective.value} objective's units, "
+                             f"the attack's objective is {self.objective.value}")
         self.forward_count = 0
 
     @classmethod
-    def build(cls, detector, images, masks, labels=None, objective=Objective.LOCALIZATION, loss=FlipLoss.MARGIN):
-        objective, loss = Objective.parse(objective), FlipLoss.parse(loss)
-        if masks is None:
-            masks = torch.zeros_like(images[:, :1])
-        if labels is None:
-            labels = (masks.flatten(1).amax(1) > 0.5).float()
-        labels = labels.to(images.device).float()
-        if objective == Objective.DETECTION:
-            targets = labels.view(-1, 1)
-        else:
-            with torch.no_grad():
-                grid = tuple(detector(images[:1]).shape[-2:])
-            cells = patch_targets(masks.to(images.device), grid)
-            # An anomalous image without a mask (e.g. Head-CT): every cell counts as anomalous.
-            unmasked = (labels > 0.5) & (cells.flatten(1).amax(1) < 0.5)
-            cells[unmasked] = 1.0
-            targets = cells.flatten(1)
-        return cls(detector, targets, objective, loss)
+    def build(cls, detector, images, masks, labels=None, objective=Objective.LOCALIZATION, loss=FlipLoss.MARGIN,
+              calibration=None):
+        """The objective of one batch. Without `calibration`, the batch's own clean unit logits
+        calibrate it: the batch is then the "test set" (see `attacks/calibration.py`)."""
+        from robustad.attacks.calibration import UnitCalibration
 
-    def unit_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, U) logits of the attacked units."""
+        objective, loss = Objective.parse(objective), FlipLoss.parse(loss)
+        labels = None if labels is None else labels.to(images.device)
+        masks = None if masks is None else masks.to(images.device)
+        with torch.no_grad():
+            probe = detector(images if calibration is None else images[:1])
+            grid = tuple(probe.shape[-2:])
+            targets = unit_targets(masks, labels, grid, objective, batch=images.shape[0]).to(images.device)
+            if calibration is None:
+                clean = detector.score(probe).view(-1, 1) if objective == Objective.DETECTION else probe.flatten(1)
+                calibration = UnitCalibration.from_units(clean, targets, objective, source="batch")
+        return cls(detector, targets, objective, loss, calibration)
+
+    def raw_unit_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, U) logits of the attacked units as the detector gives them."""
         self.forward_count += images.shape[0]
         logits = self.detector(images)
         if self.objective == Objective.DETECTION:
             return self.detector.score(logits).view(-1, 1)
         return logits.flatten(1)
 
+    def unit_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, U) calibrated logits m' = (m − τ)/s of the attacked units."""
+        return self.calibration.apply(self.raw_unit_logits(images))
+
     def loss_from_logits(self, logits: torch.Tensor, loss: FlipLoss | None = None) -> torch.Tensor:
+        """Per-image loss (B,) of calibrated unit logits (B, U)."""
         return flip_loss(logits.float(), self.targets, loss or self.loss_kind)
 
     def loss(self, images: torch.Tensor, loss: FlipLoss | None = None) -> torch.Tensor:
@@ -128,4 +172,8 @@ class AttackObjective:
 
     def subset(self, index: torch.Tensor) -> "AttackObjective":
         """The same objective restricted to the images at `index`."""
-        return AttackObjective(self.detector, self.targets[index], self.objective, self.loss_kind)
+        return AttackObjective(self.detector, self.targets[index], self.objective, self.loss_kind, self.calibration)
+
+    def with_loss(self, loss: FlipLoss | str) -> "AttackObjective":
+        """The same units and calibration with another loss."""
+        return AttackObjective(self.detector, self.targets, self.objective, FlipLoss.parse(loss), self.calibration)

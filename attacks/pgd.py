@@ -5,7 +5,7 @@ code: the loss flips every cell of M(x) (or the image score, with the detection 
 
 Threat model: L∞ steps along sign(∇), L2 steps along ∇/||∇||₂; each step is projected onto the
 ε-ball and [0, 1]. Defaults: step size 2.5·ε/steps, no random start (the PatchGuard code), one
-restart. With `keep_best=True` (default) each image gets the iterate with the highest loss seen,
+restart; a random start is drawn per image (`attacks/image_random.py`), the same in any batch. With `keep_best=True` (default) each image gets the iterate with the highest loss seen,
 as AUROC has no success threshold; `keep_best=False` returns the last iterate (torchattacks'
 behaviour).
 
@@ -40,7 +40,7 @@ class PGD(Attack):
         """`start`: adversarial images to begin the first restart at (projected onto the ball),
         instead of `images` or a random start; e.g. the previous epoch's examples in training."""
         t = self.threat
-        gen = self.generator()
+        rng = self.image_random(images) if t.random_start and t.restarts > (start is not None) else None
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.clone()
         graphed = None
@@ -54,7 +54,7 @@ class PGD(Attack):
                 if start is not None and restart == 0:
                     adv = project(start.to(images), images, t.norm, t.eps)
                 else:
-                    adv = random_start(images, t.norm, t.eps, gen) if t.random_start else images.clone()
+                    adv = random_start(images, t.norm, t.eps, rng) if t.random_start else images.clone()
                 for _ in range(t.steps):
                     loss, grad = loss_and_grad(adv)
                     if self.keep_best:

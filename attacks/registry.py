@@ -37,21 +37,40 @@ def constructor_options(cls) -> dict:
     return accepted
 
 
+def takes_default_steps(name: str) -> bool:
+    """Whether `name` runs the profile's (or --steps') number of iterations: not when it carries
+    `-N`, is FGSM (one step) or counts queries (its own budget); `worst:` when any member does."""
+    if name.startswith("worst:"):
+        return any(takes_default_steps(m) for m in worst_members(name))
+    base, suffix = split_attack_name(name)
+    cls = ATTACKS.get(base) if base in ATTACKS else None
+    return not (suffix is not None or base == "fgsm" or getattr(cls, "steps_are_queries", False))
+
+
+def worst_members(name: str) -> list[str]:
+    """The member names of `worst:A,B,...`."""
+    members = [m.strip() for m in name[len("worst:"):].split(",") if m.strip()]
+    if not members:
+        raise ValueError("worst: needs at least one attack, e.g. worst:pgd,sea")
+    return members
+
+
 def create_attack(name: str, *, norm: str = "linf", eps: float | str = 8 / 255, steps: int | None = None, **options: Any):
-    """Builds a callable `attack(detector, images, masks, labels=None)`.
+    """Builds a callable `attack(detector, images, masks, labels=None, calibration=None)`.
 
     `name` is a registered attack, `name-STEPS` (e.g. `pgd-1000`) or `worst:A,B,...` (the
     per-image worst case over the listed attacks). Options left as None keep the attack's default.
-    `steps` given explicitly overrides a `-STEPS` suffix.
+    `steps` given explicitly overrides a `-STEPS` suffix, except inside `worst:`, where every
+    member keeps its own budget: `-N` when it has one, else `steps` for an iterative attack and
+    its own default for a query-based one (`worst:pgd-20,pgd-100` is PGD-20 and PGD-100 whatever
+    `steps` is).
     """
     options = drop_none(options)
     if name.startswith("worst:"):
         from robustad.attacks.worst_case import WorstCase
 
-        members = [m for m in name[len("worst:"):].split(",") if m.strip()]
-        if not members:
-            raise ValueError("worst: needs at least one attack, e.g. worst:pgd,sea")
-        built = [create_attack(m, norm=norm, eps=eps, steps=steps, **options) for m in members]
+        built = [create_attack(m, norm=norm, eps=eps, steps=steps if takes_default_steps(m) else None, **options)
+                 for m in worst_members(name)]
         return WorstCase(built)
     base, suffix_steps = split_attack_name(name)
     cls = ATTACKS.get(base)

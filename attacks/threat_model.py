@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from robustad.attacks.image_random import ImageRandom
 from robustad.core.choices import Choice
 from robustad.core.parsing import parse_eps  # noqa: F401  (re-exported: robustad.attacks.parse_eps)
 
@@ -67,18 +68,36 @@ def ascent_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
     return grad / norms.view(-1, *[1] * (grad.dim() - 1))
 
 
-def random_start(clean: torch.Tensor, norm: Norm, eps: float, generator: torch.Generator | None) -> torch.Tensor:
-    """A uniform point of the ε-ball around `clean` (clipped to [0, 1])."""
+def random_start(clean: torch.Tensor, norm: Norm, eps: float, generator) -> torch.Tensor:
+    """A uniform point of the ε-ball around `clean` (clipped to [0, 1]).
+
+    `generator`: an `ImageRandom` (each image its own stream: the same start in any batch, what
+    attacks use) or a `torch.Generator` / None (one stream for the batch).
+    """
+    shape = (-1, *[1] * (clean.dim() - 1))
     if norm == Norm.LINF:
-        noise = torch.rand(clean.shape, generator=generator, device="cpu").to(clean) * 2 - 1
-        delta = noise * eps
+        delta = (uniform_like(clean, generator) * 2 - 1) * eps
     else:
-        gauss = torch.randn(clean.shape, generator=generator, device="cpu").to(clean)
-        gauss = gauss / gauss.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (clean.dim() - 1))
-        radius = torch.rand(clean.shape[0], generator=generator, device="cpu").to(clean)
+        gauss = normal_like(clean, generator)
+        gauss = gauss / gauss.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+        radius = uniform_like(clean.flatten(1)[:, 0], generator)  # one per image
         radius = radius ** (1.0 / clean[0].numel())
-        delta = gauss * radius.view(-1, *[1] * (clean.dim() - 1)) * eps
+        delta = gauss * radius.view(shape) * eps
     return (clean + delta).clamp(0.0, 1.0)
+
+
+def uniform_like(like: torch.Tensor, generator) -> torch.Tensor:
+    """U[0, 1) shaped like `like`, from an `ImageRandom` (per image) or a `torch.Generator`."""
+    if isinstance(generator, ImageRandom):
+        return generator.uniform(*like.shape[1:]).to(like)
+    return torch.rand(like.shape, generator=generator, device="cpu").to(like)
+
+
+def normal_like(like: torch.Tensor, generator) -> torch.Tensor:
+    """N(0, 1) shaped like `like`, from an `ImageRandom` (per image) or a `torch.Generator`."""
+    if isinstance(generator, ImageRandom):
+        return generator.normal(*like.shape[1:]).to(like)
+    return torch.randn(like.shape, generator=generator, device="cpu").to(like)
 
 
 class ThreatModelViolation(RuntimeError):

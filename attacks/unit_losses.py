@@ -3,12 +3,14 @@
 A unit is one cell of the anomaly map M(x) (localization objective) or the image score S(x)
 (detection objective), see `attacks/objectives.py`. Segmentation attacks are written for
 C-class pixel logits; here each unit's logit m is read as the two-class logits [0, m], whose
-softmax is [1 − σ(m), σ(m)]. Cross-entropy, its masked and balanced forms and the Jensen–Shannon
+softmax is [1 − σ(m), σ(m)]. Attacks pass the calibrated logits m' = (m − τ)/s of
+`attacks/calibration.py` (τ, s from the whole test set's clean logits), so the reading does not
+assume that the detector's boundary is at 0 or its scale that of a log-odds. Cross-entropy, its masked and balanced forms and the Jensen–Shannon
 divergence are then the two-class versions of those in SegPGD (Gu et al., ECCV 2022) and SEA
 (Croce, Singh, Hein, ECCV 2024). Every function takes unit logits (B, U) and targets (B, U) in
 {0, 1} and returns a per-image loss (B,) to maximize (mean over the units of the image).
 
-A unit is *correct* when σ(m) > 0.5 agrees with its target, i.e. (m > 0) == target.
+A unit is *correct* when σ(m) > 0.5 agrees with its target, i.e. (m > 0) == target (m calibrated).
 """
 from __future__ import annotations
 

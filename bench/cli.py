@@ -199,8 +199,11 @@ def cmd_check(args) -> int:
     from robustad.bench.soundness import run_soundness
     from robustad.datasets import list_categories
 
+    from robustad.attacks import create_attack
+
+    create_attack(args.attack, norm=args.norm, eps=parse_eps(args.eps))  # an unknown attack fails before training
     category = args.category or list_categories(args.dataset, args.root)[0]
-    spec = CellSpec(method=args.method, dataset=args.dataset, category=category, attack="pgd", norm=args.norm,
+    spec = CellSpec(method=args.method, dataset=args.dataset, category=category, attack=args.attack, norm=args.norm,
                     eps=parse_eps(args.eps), eps_text=args.eps, steps=args.steps, seed=args.seed,
                     profile=args.profile, objective=args.objective, root=args.root,
                     config=parse_config_items(args.config))
@@ -286,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--norm", default="linf", choices=["linf", "l2"])
     check.add_argument("--eps", default="8/255", type=eps_argument)
     check.add_argument("--steps", type=int, default=None, help="PGD steps of the checks (default: profile's)")
+    check.add_argument("--attack", default="pgd",
+                       help="the attack of the logit-shift and composite checks, e.g. apgd, a3, worst:pgd,square "
+                            "(default pgd; a composite is checked against its members)")
     check.add_argument("--objective", default="localization", choices=["localization", "detection"])
     check.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
                        help="quick (default), long or paper (core/profiles.py)")

@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from robustad.attacks import ATTACKS, check_inside, create_attack
-from robustad.attacks.registry import split_attack_name
+from robustad.attacks import check_inside, create_attack
+from robustad.attacks.registry import takes_default_steps
 from robustad.attacks.batching import ChunkedAttack
 from robustad.bench.environment import git_revision, package_versions
 from robustad.core.profiles import EVAL_SETTINGS, Profile
@@ -69,13 +69,12 @@ class CellSpec:
         return dict(self.config)
 
     def resolved_steps(self) -> int | None:
-        """--steps; else None where the name carries them (`pgd-1000`), FGSM, or a query-based
-        attack (its own query budget); else the profile's number of attack iterations."""
+        """--steps; else None where the name carries them (`pgd-1000`), FGSM, a query-based attack
+        (its own query budget) or a `worst:` whose members all carry theirs; else the profile's
+        number of attack iterations (for `worst:`, that of its members without `-N`)."""
         if self.steps is not None:
             return int(self.steps)
-        base, suffix = split_attack_name(self.attack)
-        cls = ATTACKS.get(base) if base in ATTACKS else None
-        if suffix is not None or base == "fgsm" or getattr(cls, "steps_are_queries", False):
+        if not takes_default_steps(self.attack):
             return None
         return EVAL_SETTINGS[Profile.parse(self.profile)].attack_steps
 
@@ -137,8 +136,19 @@ def autocast(device: torch.device, precision: str):
 
 
 def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.device, precision: str = "fp32",
-             max_images: int | None = None, progress: bool | None = None) -> dict[str, Any]:
-    """Clean and adversarial scores and maps of the test set; checks every adversarial batch."""
+             max_images: int | None = None, progress: bool | None = None, calibration=None) -> dict[str, Any]:
+    """Clean and adversarial scores and maps of the test set; checks every adversarial batch.
+
+    Two passes. The clean pass scores every test image and calibrates the attack's two-class
+    reading and success thresholds from the clean unit logits of the whole test set
+    (`attacks/calibration.py`); the attack pass then attacks batch after batch with that one
+    calibration, so no batch is judged by its own images. An attack that needs the whole test set
+    (`whole_test_set`, A³) gets every image in one call. `calibration` in the result is what the
+    record stores as `attack_calibration`; `calibration` given replaces the clean pass's (a study
+    of other readings: `benchmarks/calibration_readings.py`).
+    """
+    from robustad.attacks.calibration import UnitCalibration
+    from robustad.attacks.objectives import Objective, unit_targets
     from robustad.bench.metrics import image_auroc, pixel_aupro, pixel_auroc
 
     indices = list(range(len(test_set)))
@@ -150,28 +160,52 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
     out = {k: [] for k in ("labels", "masks", "clean_scores", "adv_scores", "clean_maps", "adv_maps")}
     seconds = {"clean": 0.0, "attack": 0.0}
     size = detector.image_size
+    objective = Objective.parse(getattr(attack, "objective", Objective.LOCALIZATION))
+    whole = getattr(attack, "whole_test_set", False)
+    units, targets, kept = [], [], []
+    disable = None if progress is None else not progress
     detector.eval()
-    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=None if progress is None else not progress, leave=False):
-        images = batch["image"].to(device)
-        masks = batch["mask"].to(device)
-        labels = batch["label"].to(device)
+    for batch in tqdm(loader, desc="clean", unit="batch", disable=disable, leave=False):
+        images, masks, labels = batch["image"].to(device), batch["mask"].to(device), batch["label"].to(device)
         start = time.perf_counter()
         with torch.no_grad(), autocast(device, precision):
-            logits = detector(images).float()
-            out["clean_scores"].append(detector.score(logits).cpu())
+            raw = detector(images)
+            scores = detector.score(raw).float()
+            logits = raw.float()
+            out["clean_scores"].append(scores.cpu())
             out["clean_maps"].append(detector.anomaly_map(logits, size).cpu())
         seconds["clean"] += time.perf_counter() - start
-        start = time.perf_counter()
-        with autocast(device, precision):
-            adv = attack(detector, images, masks, labels.float())
-        seconds["attack"] += time.perf_counter() - start
-        check_inside(adv.float(), images, attack.threat.norm, attack.threat.eps)
-        with torch.no_grad(), autocast(device, precision):
-            logits = detector(adv).float()
-            out["adv_scores"].append(detector.score(logits).cpu())
-            out["adv_maps"].append(detector.anomaly_map(logits, size).cpu())
+        units.append((scores.view(-1, 1) if objective == Objective.DETECTION else logits.flatten(1)).cpu())
+        targets.append(unit_targets(masks, labels, tuple(logits.shape[-2:]), objective).cpu())
         out["labels"].append(labels.cpu())
         out["masks"].append(masks[:, 0].cpu())
+        if whole:
+            kept.append((batch["image"], batch["mask"], batch["label"]))
+    if calibration is None:
+        calibration = UnitCalibration.from_units(torch.cat(units), torch.cat(targets), objective)
+
+    def attacked(images, masks, labels):
+        start = time.perf_counter()
+        with autocast(device, precision):
+            adv = attack(detector, images, masks, labels.float(), calibration=calibration)
+        seconds["attack"] += time.perf_counter() - start
+        check_inside(adv.float(), images, attack.threat.norm, attack.threat.eps)
+        return adv
+
+    def score_adversarial(adv):
+        with torch.no_grad(), autocast(device, precision):
+            raw = detector(adv)
+            out["adv_scores"].append(detector.score(raw).float().cpu())
+            out["adv_maps"].append(detector.anomaly_map(raw.float(), size).cpu())
+
+    if whole:
+        images, masks, labels = (torch.cat(parts).to(device) for parts in zip(*kept))
+        adv = attacked(images, masks, labels)
+        for start in range(0, len(adv), batch_size):
+            score_adversarial(adv[start:start + batch_size])
+    else:
+        for batch in tqdm(loader, desc="attack", unit="batch", disable=disable, leave=False):
+            score_adversarial(attacked(batch["image"].to(device), batch["mask"].to(device), batch["label"].to(device)))
     cat = {k: torch.cat(v).float().numpy() for k, v in out.items()}
     has_masks = getattr(test_set, "has_masks", True)
 
@@ -190,6 +224,7 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
         "n_test_normal": int((labels == 0).sum()),
         "n_test_anomalous": int((labels == 1).sum()),
         "seconds": seconds,
+        "calibration": calibration.describe(),
     }
 
 
@@ -245,6 +280,7 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
         adversarial=Metrics(**result["adversarial"]),
         seconds={"fit": fit_seconds, "checkpoint_reused": reused, **result["seconds"]},
         attack_config=attack.describe(),
+        attack_calibration=result["calibration"],
         checks=checks,
         versions=package_versions(),
         git_revision=git_revision(),

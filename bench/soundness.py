@@ -9,7 +9,12 @@ reports each as pass / fail / skipped with its figures:
 - AUROC does not rise as ε grows, and it collapses at a large ε;
 - the same method trained without adversarial training collapses (when its config has `adv_train`);
 - the black-box attack (SimBA) is not stronger than white-box PGD (else: gradient masking);
-- input gradients are non-zero and finite; the detector is deterministic.
+- input gradients are non-zero and finite; the detector is deterministic;
+- the attack (`--attack`, default PGD) is as strong on the detector with logits a·M + c
+  (shifted by 10 of the clean logits' spreads, and scaled by 0.1) as on M itself (DESIGN.md: an
+  attack's strength must not change with the scale and offset of the logits);
+- every composite (`worst:`, AutoAttack) is at least as strong as each of its members on every
+  image: it is a per-image worst case, so no member may reach a higher flip loss on any image.
 
 The AUROC checked is the one the objective targets: pixel AUROC for localization, image AUROC for
 detection (or when the dataset has no masks).
@@ -17,15 +22,17 @@ detection (or when the dataset has no masks).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from robustad.attacks import ThreatModelViolation, create_attack, parse_eps
+from robustad.attacks import ThreatModelViolation, create_attack
+from robustad.attacks.registry import takes_default_steps
+from robustad.attacks.worst_case import member_label
+from robustad.bench.affine_logits import AffineLogits
 from robustad.bench.checks import cheap_checks
-from robustad.core.profiles import Profile
 from robustad.bench.records import write_json_atomic
 from robustad.bench.runner import CellSpec, evaluate, fit_or_load
 from robustad.datasets import create_dataset
@@ -52,6 +59,7 @@ class SoundnessCheck:
     def __init__(self, spec: CellSpec, *, results="results", device="cpu", max_images: int = 32,
                  margin: float = 1.0, log=print):
         self.spec = spec
+        self.attack_name = spec.attack  # the attack of the invariance and composite checks
         self.results = Path(results).expanduser().resolve()
         self.device = torch.device(device)
         self.margin = margin
@@ -69,13 +77,19 @@ class SoundnessCheck:
                        else "image_auroc")
         self.steps = spec.resolved_steps() or 10
 
-    def adversarial(self, attack_name: str, detector=None, **options) -> tuple[float, float]:
-        """(clean, adversarial) AUROC of the checked metric under one attack configuration."""
+    def build_attack(self, attack_name: str, **options):
         options = {"norm": self.spec.norm, "eps": self.spec.eps, "seed": self.spec.seed,
                    "objective": self.spec.objective, **options}
-        attack = create_attack(attack_name, **options)
-        out = evaluate(detector or self.detector, self.test_set, attack, batch_size=16, device=self.device,
-                       max_images=self.max_images, progress=False)
+        return create_attack(attack_name, **options)
+
+    def evaluation(self, attack_name: str, detector=None, **options) -> dict:
+        """The runner's `evaluate` of one attack configuration on the checked test images."""
+        return evaluate(detector or self.detector, self.test_set, self.build_attack(attack_name, **options),
+                        batch_size=16, device=self.device, max_images=self.max_images, progress=False)
+
+    def adversarial(self, attack_name: str, detector=None, **options) -> tuple[float, float]:
+        """(clean, adversarial) AUROC of the checked metric under one attack configuration."""
+        out = self.evaluation(attack_name, detector, **options)
         return out["clean"][self.metric], out["adversarial"][self.metric]
 
     # -- the checks --------------------------------------------------------------------------
@@ -159,6 +173,85 @@ class SoundnessCheck:
                            {"simba": round(black, 2), "pgd": round(white, 2)},
                            "" if black >= white - self.margin else "black-box beats white-box: gradient masking?")
 
+    def attack_steps_options(self, attack_name: str) -> dict:
+        """`steps` for an attack that takes the checks' iterations (not one with `-N`, FGSM or a query budget)."""
+        return {"steps": self.steps} if takes_default_steps(attack_name) else {}
+
+    def logit_shift_invariance(self, attack_name: str | None = None) -> CheckResult:
+        """The attack on M, on M + c (c = 10 spreads of the clean logits) and on 0.1·M: AUROC cannot tell
+        them apart, so neither may a sound attack (beyond `margin` points)."""
+        name = attack_name or self.attack_name
+        options = self.attack_steps_options(name)
+        plain = self.evaluation(name, **options)
+        shift = 10.0 * plain["calibration"]["scale"]
+        values = {"plain": plain["adversarial"][self.metric]}
+        for label, (scale, offset) in {f"shift+{shift:.3g}": (1.0, shift), "scale*0.1": (0.1, 0.0)}.items():
+            values[label] = self.evaluation(name, AffineLogits(self.detector, scale=scale, shift=offset),
+                                            **options)["adversarial"][self.metric]
+        spread = max(values.values()) - min(values.values())
+        passed = spread <= self.margin
+        return CheckResult("logit_shift_invariance", passed,
+                           {"attack": name, **{k: round(v, 2) for k, v in values.items()}, "spread": round(spread, 2)},
+                           "" if passed else "the attack's strength depends on the logits' offset or scale: a two-class "
+                                             "reading or threshold that is not calibrated on the test set?")
+
+    def composite_attacks(self) -> list[str]:
+        """The composites to check: the checked attack when it is one, else `worst:pgd-{steps/5},pgd-{steps}`
+        and AutoAttack (`steps` iterations, 100 Square queries)."""
+        if self.attack_name.startswith("worst:") or self.attack_name.split("-")[0] == "autoattack":
+            return [self.attack_name]
+        return [f"worst:pgd-{max(1, self.steps // 5)},pgd-{self.steps}", f"autoattack-{self.steps}"]
+
+    def composites_not_weaker(self) -> CheckResult:
+        """Per image: the composite's flip loss is at least each member's (it keeps the worst case)."""
+        from robustad.attacks.attack import frozen
+        from robustad.attacks.batching import attack_in_chunks
+        from robustad.attacks.calibration import UnitCalibration
+        from robustad.attacks.objectives import AttackObjective, FlipLoss, unit_targets
+
+        images, masks, labels = self.test_tensors()
+        figures, failures = {}, []
+        for name in self.composite_attacks():
+            options = self.attack_steps_options(name)
+            if name.split("-")[0] == "autoattack":
+                options["square_queries"] = 100
+            composite = self.build_attack(name, **options)
+            with frozen(self.detector), torch.no_grad():
+                logits = self.detector(images)
+                units = self.detector.score(logits).view(-1, 1) if composite.objective.value == "detection" else logits.flatten(1)
+                targets = unit_targets(masks, labels, tuple(logits.shape[-2:]), composite.objective)
+                calibration = UnitCalibration.from_units(units, targets, composite.objective)
+                ranking = AttackObjective.build(self.detector, images, masks, labels, composite.objective,
+                                                FlipLoss.MARGIN, calibration)
+            members = composite.members if hasattr(composite, "members") else []
+            members = [(m if isinstance(m, tuple) else (member_label(m), m)) for m in members]
+
+            def loss_of(attack):
+                adv = attack_in_chunks(attack, self.detector, images, masks, labels, calibration=calibration)
+                with frozen(self.detector), torch.no_grad():
+                    return ranking.loss(adv)
+
+            combined = loss_of(composite)
+            for label, member in members:
+                alone = loss_of(member)
+                gap = alone - combined  # > 0 where the member alone is stronger on that image
+                tolerance = 1e-4 * (1.0 + alone.abs())
+                beaten = int((gap > tolerance).sum())
+                figures[f"{name} vs {label}"] = f"{beaten}/{len(gap)} images stronger alone, max gap {float(gap.max()):.3g}"
+                if beaten:
+                    failures.append(f"{label} beats {name} on {beaten} image(s)")
+        return CheckResult("composites_not_weaker_per_image", not failures, figures, "; ".join(failures))
+
+    def test_tensors(self):
+        """The checked test images, masks and labels as tensors (the runner's even spread when capped)."""
+        indices = list(range(len(self.test_set)))
+        if self.max_images is not None and len(indices) > self.max_images:
+            indices = [indices[int(i)] for i in np.linspace(0, len(indices) - 1, self.max_images).round()]
+        items = [self.test_set[i] for i in indices]
+        return (torch.stack([b["image"] for b in items]).to(self.device),
+                torch.stack([b["mask"] for b in items]).to(self.device),
+                torch.tensor([float(b["label"]) for b in items], device=self.device))
+
     def gradients_and_determinism(self) -> list[CheckResult]:
         batch = [self.test_set[i] for i in range(min(8, len(self.test_set)))]
         images = torch.stack([b["image"] for b in batch]).to(self.device)
@@ -173,7 +266,7 @@ class SoundnessCheck:
     def run_all(self) -> list[CheckResult]:
         results = [*self.gradients_and_determinism(), self.inside_threat_model(), self.more_steps_not_weaker(),
                    self.more_restarts_not_weaker(), *self.eps_monotone_and_collapse(), self.undefended_collapses(),
-                   self.blackbox_not_stronger()]
+                   self.blackbox_not_stronger(), self.logit_shift_invariance(), self.composites_not_weaker()]
         return results
 
 

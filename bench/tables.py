@@ -57,7 +57,10 @@ NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 
 
 def _attack_and_steps(attack: str, steps: int | None) -> tuple[str, int | None]:
-    """`pgd-1000` with steps 1000 (or null) is attack `pgd` with 1000 steps."""
+    """`pgd-1000` with steps 1000 (or null) is attack `pgd` with 1000 steps. A `worst:` name stays
+    whole: its members carry their own budgets (`worst:pgd-20,square-5000`)."""
+    if attack.startswith("worst:"):
+        return attack, steps
     base, suffix = split_attack_name(attack)
     if suffix is not None and (steps is None or steps == suffix):
         return base, suffix
@@ -67,6 +70,27 @@ def _attack_and_steps(attack: str, steps: int | None) -> tuple[str, int | None]:
 def _options_text(options: dict) -> str:
     """"loss=ce, step_size=0.00784": attack options as a column label keeps them apart."""
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(options.items()))
+
+
+def _member_label(member: str) -> str:
+    """`pgd-20` -> `PGD-20`, `square-5000` -> `Square-5000`: a `worst:` member with its budget."""
+    attack, steps = _attack_and_steps(member, None)
+    name = attack_display_name(attack)
+    return f"{name}-{steps}" if steps is not None and steps > 1 else name
+
+
+def _worst_matches(recorded: str, wanted: str) -> bool:
+    """`worst:pgd,square` matches the record `worst:pgd-20,square-5000`: a wanted member without
+    `-N` matches that attack at any budget, one with `-N` only that budget."""
+    have, want = recorded[len("worst:"):].split(","), wanted[len("worst:"):].split(",")
+    if len(have) != len(want):
+        return False
+    for recorded_member, wanted_member in zip(have, want):
+        attack, steps = _attack_and_steps(recorded_member.strip(), None)
+        wanted_attack, wanted_steps = _attack_and_steps(wanted_member.strip().lower(), None)
+        if attack != wanted_attack or (wanted_steps is not None and steps != wanted_steps):
+            return False
+    return True
 
 
 @dataclass(frozen=True, order=True)
@@ -90,8 +114,11 @@ class AttackSetting:
                    record.norm, eps, record.eps_text or f"{eps:g}", _options_text(record.attack_options))
 
     def attack_label(self) -> str:
-        name = attack_display_name(self.attack)
-        label = f"{name}-{self.steps}" if self.steps > 1 else name
+        if self.attack.startswith("worst:"):
+            label = "worst:" + ",".join(_member_label(m) for m in self.attack[len("worst:"):].split(","))
+        else:
+            name = attack_display_name(self.attack)
+            label = f"{name}-{self.steps}" if self.steps > 1 else name
         return f"{label} [{self.options}]" if self.options else label
 
     def describe(self) -> str:
@@ -106,6 +133,9 @@ def _matches(record: dict, filters: dict) -> bool:
             continue
         if key == "eps":
             if not math.isclose(setting.eps, parse_eps(wanted), rel_tol=1e-4, abs_tol=1e-6):
+                return False
+        elif key == "attack" and str(wanted).startswith("worst:"):
+            if not setting.attack.startswith("worst:") or not _worst_matches(setting.attack, str(wanted)):
                 return False
         elif key == "attack":
             attack, steps = _attack_and_steps(str(wanted), None)

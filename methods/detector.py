@@ -22,7 +22,7 @@ from torch import nn
 
 from robustad.core.parsing import parse_number
 from robustad.core.profiles import Profile
-from robustad.methods.config_fields import ConfigValueError, check_config, in_range, normalize_numbers
+from robustad.methods.config_fields import ConfigValueError, check_config, check_field, in_range, normalize_numbers
 
 
 @dataclasses.dataclass
@@ -36,6 +36,9 @@ class DetectorConfig:
     def __post_init__(self):
         normalize_numbers(self)
         check_config(self)
+        # The contract's own fields keep their domain when a subclass redeclares them with a new default.
+        for field in dataclasses.fields(DetectorConfig):
+            check_field(field, getattr(self, field.name))
 
 
 class Detector(nn.Module):

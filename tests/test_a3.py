@@ -4,7 +4,8 @@ import torch
 
 from robustad.attacks import AttackObjective, check_inside, create_attack
 from robustad.attacks.a3 import A3, _State, cosine_step_size
-from robustad.attacks.flip_success import clean_thresholds, flipped_units, image_success
+from robustad.attacks.calibration import UnitCalibration
+from robustad.attacks.flip_success import flipped_units, image_success, success_margin
 from tests.auroc import pixel_auroc, image_auroc
 
 STEPS = 12  # gradient evaluations per image: rounds 0 (8 steps) and part of round 1
@@ -62,10 +63,11 @@ def test_a3_spends_its_budget_and_logs_rounds(trained_tiny):
     assert rounds[1]["adi_steps"] >= 1  # round 1 begins with ADI steps
 
 
-def test_select_keeps_highest_loss_unsuccessful_images():
-    state = _State(best_loss=torch.tensor([0.5, 3.0, 2.0, 9.0, 1.0]), best_adv=torch.zeros(5, 1),
-                   success=torch.tensor([False, False, False, True, False]), tau=0.0)
-    assert A3._select(state, 0.5).tolist() == [1, 2]  # 4 open images, top half by loss, successful one skipped
+def test_select_keeps_unsuccessful_images_closest_to_success():
+    state = _State(best_loss=torch.zeros(5), best_adv=torch.zeros(5, 1),
+                   best_margin=torch.tensor([-2.5, -0.5, -1.0, 1.0, -2.0]),
+                   success=torch.tensor([False, False, False, True, False]))
+    assert A3._select(state, 0.5).tolist() == [1, 2]  # 4 open images, top half by margin, successful one skipped
     assert A3._select(state, 0.01).tolist() == [1]  # at least one image
     state.success[:] = True
     assert A3._select(state, 1.0).numel() == 0
@@ -80,13 +82,17 @@ def test_cosine_step_size_decays_from_eps():
 def test_flip_success_criterion():
     targets = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     clean = torch.tensor([[-2.0, -1.0, 3.0], [-3.0, -2.0, -1.0]])
-    up, down = clean_thresholds(clean, targets)
+    calibration = UnitCalibration.from_units(clean, targets, "localization")
+    up, down = calibration.above, calibration.below
     assert (up, down) == (3.0, -3.0)  # highest anomalous logit, lowest normal logit
     adv = torch.tensor([[4.0, 3.5, -4.0], [4.0, 2.0, 5.0]])
     assert flipped_units(adv, targets, (up, down)).tolist() == [[True, True, True], [True, False, True]]
     assert image_success(adv, targets, (up, down)).tolist() == [True, False]
     assert image_success(adv, targets, (up, down), fraction=0.6).tolist() == [True, True]
     assert image_success(adv, targets, 0.0).tolist() == [True, True]  # a fixed τ = 0 (sigmoid 0.5)
+    # the success margin is positive exactly for the successful images
+    assert (success_margin(adv, targets, (up, down)) > 0).tolist() == [True, False]
+    assert (success_margin(adv, targets, (up, down), fraction=0.6) > 0).tolist() == [True, True]
     with pytest.raises(ValueError):
         image_success(adv, targets, 0.0, fraction=0.0)
 

@@ -63,8 +63,8 @@ def test_apgd_restarts_never_lower_the_loss(trained_tiny):
 
 def test_apgd_options_and_defaults():
     attack = create_attack("apgd")
-    assert attack.threat.steps == 100 and attack.loss == FlipLoss.CE
-    assert create_attack("apgd-1000", loss="margin").threat.steps == 1000
+    assert attack.threat.steps == 100 and attack.loss == FlipLoss.MARGIN  # APGD-CE lives on inside AutoAttack
+    assert create_attack("apgd-1000", loss="ce").threat.steps == 1000
     with pytest.raises(ValueError, match="rho"):
         create_attack("apgd", rho=1.5)
     with pytest.raises(ValueError, match="loss"):
@@ -88,11 +88,10 @@ def test_autoattack_is_the_worst_case_of_its_members(trained_tiny):
 
 
 def test_square_l2_patterns():
-    pattern = two_bump_pattern(7, torch.Generator().manual_seed(0))
+    pattern = two_bump_pattern(7)
     assert pattern.shape == (7, 7)
     assert pattern.norm() == pytest.approx(1.0)
-    halves = pattern if (pattern[:3] > 0).all() else pattern.T  # + bump on 3 rows, − bump on 4
-    assert (halves[:3] > 0).all() and (halves[3:] < 0).all()
+    assert (pattern[:3] > 0).all() and (pattern[3:] < 0).all()  # + bump on 3 rows, − bump on 4
     column = bump(5, 5)[:, 2]
     assert column.argmax() == 2 and column[0] < column[1] < column[2]
 
@@ -110,9 +109,16 @@ def test_square_never_below_clean(trained_tiny, norm, eps):
 
 
 def test_square_schedule():
+    # AutoAttack's schedule (resc_schedule=False): halvings at queries 10, 50, 200, ... whatever the budget
     assert window_fraction(0.8, 0, 5000) == 0.8
-    assert window_fraction(0.8, 20, 5000) == 0.4  # query 20 of 5,000 is query 40 of 10,000
-    assert window_fraction(0.8, 26, 5000) == 0.2  # query 52 of 10,000: past 10 and 50
-    assert window_fraction(0.8, 9999, 10000) == pytest.approx(0.8 / 512)
+    assert window_fraction(0.8, 20, 5000) == 0.4
+    assert window_fraction(0.8, 60, 5000) == 0.2
+    assert window_fraction(0.8, 4999, 5000) == pytest.approx(0.8 / 128)  # past 4000, not yet 6000
+    # rescaled (the standalone reference's default): query q of N counts as q·10,000/N
+    assert window_fraction(0.8, 20, 5000, rescale=True) == 0.4  # query 40 of 10,000
+    assert window_fraction(0.8, 26, 5000, rescale=True) == 0.2  # query 52 of 10,000: past 10 and 50
+    assert window_fraction(0.8, 9999, 10000, rescale=True) == pytest.approx(0.8 / 512)
+    assert create_attack("square").rescale_schedule is False
+    assert create_attack("square", rescale_schedule=True).describe()["rescale_schedule"] is True
     with pytest.raises(ValueError, match="p_init"):
         create_attack("square", p_init=0.0)

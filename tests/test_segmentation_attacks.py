@@ -92,7 +92,7 @@ def test_sea_is_the_worst_case_over_its_losses(trained_tiny):
     detector, images, masks, labels = trained_tiny
     objective = AttackObjective.build(detector, images, masks, labels)
     full = create_attack("sea", eps=8 / 255, steps=6)
-    assert full.losses == ("masked-ce", "balanced-ce", "js")
+    assert full.losses == ("masked-ce", "balanced-ce", "js", "margin")
     # A single-loss SEA with the first member's loss runs exactly the full SEA's first member.
     first_only = create_attack("sea", eps=8 / 255, steps=6, losses="masked-ce")
     with torch.no_grad():

@@ -1,6 +1,9 @@
 """`bench check` on the tiny undefended detector, and the flags for masked / randomized models."""
 import torch
 
+from robustad.attacks import AttackObjective, FlipLoss, register_attack
+from robustad.attacks.pgd import PGD
+from robustad.attacks.worst_case import WorstCase
 from robustad.bench.checks import cheap_checks
 from robustad.bench.runner import CellSpec
 from robustad.bench.soundness import SoundnessCheck
@@ -69,3 +72,48 @@ def test_undefended_twin_of_an_adv_method_is_its_clean_method():
     check.spec = CellSpec(method="tests.tiny_detector:TinyDetector", dataset="mvtec", category="alpha")
     check.detector = TinyDetector()
     assert check.undefended_spec() is None
+
+
+@register_attack("test-raw-ce")
+class RawLogitCE(PGD):
+    """PGD on the CE of the raw logits read as [0, m] (what every CE attack did before issue #25)."""
+
+    name = "test-raw-ce"
+
+    def perturb(self, objective, images):
+        raw = AttackObjective(objective.detector, objective.targets, objective.objective, FlipLoss.CE)  # no calibration
+        return super().perturb(raw, images)
+
+
+class FirstMemberOnly(WorstCase):
+    """A broken composite: returns its first member's images whatever the others find."""
+
+    def __call__(self, detector, images, masks, labels=None, calibration=None, max_batch=None):
+        return self.members[0](detector, images, masks, labels, calibration=calibration)
+
+
+def test_logit_shift_check_passes_calibrated_attacks_and_catches_raw_ones(mvtec_root, tmp_path):
+    spec = CellSpec(method="tests.tiny_detector:TinyDetector", dataset="mvtec", category="alpha",
+                    root=str(mvtec_root), steps=5, attack="segpgd")
+    check = SoundnessCheck(spec, results=tmp_path, max_images=12, log=lambda m: None)
+    sound = check.logit_shift_invariance()
+    assert sound.passed, sound.figures
+    assert sound.figures["attack"] == "segpgd" and {"plain", "scale*0.1"} <= set(sound.figures)
+    raw = check.logit_shift_invariance("test-raw-ce")
+    assert raw.passed is False and raw.figures["spread"] > 1.0, raw.figures
+
+
+def test_composite_check_passes_worst_cases_and_catches_a_broken_one(mvtec_root, tmp_path):
+    spec = CellSpec(method="tests.tiny_detector:TinyDetector", dataset="mvtec", category="alpha",
+                    root=str(mvtec_root), steps=5, attack="worst:fgsm,pgd-5")
+    check = SoundnessCheck(spec, results=tmp_path, max_images=12, log=lambda m: None)
+    assert check.composite_attacks() == ["worst:fgsm,pgd-5"]
+    sound = check.composites_not_weaker()
+    assert sound.passed, sound.figures
+    assert set(sound.figures) == {"worst:fgsm,pgd-5 vs fgsm", "worst:fgsm,pgd-5 vs pgd-5"}
+    built = check.build_attack
+    check.build_attack = lambda name, **options: FirstMemberOnly(built(name, **options).members)
+    broken = check.composites_not_weaker()
+    assert broken.passed is False and "pgd-5 beats" in broken.detail, broken.figures
+    check.attack_name = "pgd"  # not a composite: the check builds its own (worst: PGD pair and AutoAttack)
+    assert check.composite_attacks() == ["worst:pgd-1,pgd-5", "autoattack-5"]
