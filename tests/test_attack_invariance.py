@@ -6,6 +6,7 @@ the whole clean test set (`attacks/calibration.py`), random starts are drawn per
 (`attacks/image_random.py`) and A³ sees the whole test set. Also: every `worst:` member keeps its
 own budget, and records and tables say which.
 """
+import dataclasses
 import math
 
 import pytest
