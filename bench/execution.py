@@ -218,14 +218,13 @@ def report(entries: list, results: Path, gave_up: list[str]) -> int:
 
 
 def run_on_slurm(entries: list, results: Path, args, log) -> int:
-    from robustad.bench.executors.slurm import submit, wait_for
+    from robustad.bench.executors.slurm import describe_submission, submit, wait_for
     from robustad.bench.status import format_status
 
     options = slurm_options(args)
     submission = submit(entries, results, options, log)
     if not options.wait:
-        print(f"submitted {len(entries)} group(s) as SLURM array {submission['array_id']}; "
-              f"follow it with: bench status --results {results}")
+        print(f"submitted {describe_submission(submission)}; follow it with: bench status --results {results}")
         return 0
     statuses = wait_for(submission, results, [job.group for job, _ in entries], poll_s=options.poll_s, log=log)
     print(format_status(statuses))

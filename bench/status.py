@@ -73,7 +73,7 @@ def summary_line(statuses: list[GroupStatus]) -> str:
     cells = sum(s.cells for s in statuses)
     done_cells = sum(s.cells_done for s in statuses)
     parts = ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state])
-    return f"{len(statuses)} groups ({parts or 'none'}); {done_cells}/{cells} cells done"
+    return f"{len(statuses)} group(s) ({parts or 'none'}); {done_cells}/{cells} cell(s) done"
 
 
 def format_status(statuses: list[GroupStatus], *, verbose: bool = False) -> str:

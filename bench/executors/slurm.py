@@ -215,9 +215,16 @@ def submit(jobs: list[tuple[Job, Path]], results: Path, options: SlurmOptions, l
                   for task, (job, path), attempt in zip(submitted, jobs, attempts)],
     }
     write_json_atomic(submissions_dir(results) / f"{array_id}.json", submission)
-    log(f"submitted SLURM array {array_id}: {len(jobs)} group(s) as tasks {submitted[0].job_id} .. "
-        f"{submitted[-1].job_id}; logs in {results / 'slurm'}")
+    log(f"submitted {describe_submission(submission)}; logs in {results / 'slurm'}")
     return submission
+
+
+def describe_submission(submission: dict) -> str:
+    """"3 group(s) to SLURM as array 12 (tasks 12_0 .. 12_2)"; submitit submits one group as a plain job."""
+    tasks = submission["tasks"]
+    if len(tasks) == 1:
+        return f"1 group to SLURM as job {tasks[0]['job_id']}"
+    return f"{len(tasks)} group(s) to SLURM as array {submission['array_id']} (tasks {tasks[0]['job_id']} .. {tasks[-1]['job_id']})"
 
 
 def wait_for(submission: dict, results: Path, groups: list[Group], *, poll_s: float,
@@ -240,7 +247,7 @@ def wait_for(submission: dict, results: Path, groups: list[Group], *, poll_s: fl
         line = summary_line(statuses)
         now = time.monotonic()
         if line != last_line or now - last_print > 300 or not queued:
-            log(f"[{now - started:6.0f} s] array {submission['array_id']}: {line}")
+            log(f"[{now - started:6.0f} s] SLURM {submission['array_id']}: {line}")
             last_line, last_print = line, now
         if not queued:
             return statuses
