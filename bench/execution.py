@@ -95,8 +95,16 @@ def check_execution_arguments(args) -> None:
         raise ValueError(f"{names}: only with --executor slurm")
     if args.executor != "local" and args.workers != 1:
         raise ValueError("--workers: only with --executor local (SLURM runs one task per group)")
+    if args.executor == "local" and args.workers > 1:
+        from robustad.bench.executors.local import worker_slots
+
+        worker_slots(args.workers, args.device)  # enough GPUs for the workers
     if args.executor == "slurm":
         slurm_options(args)  # parses --slurm-time and --slurm-option
+        if not args.dry_run:
+            from robustad.bench.executors.slurm import check_slurm_client
+
+            check_slurm_client()
 
 
 def execute_run(specs: list, args) -> int:

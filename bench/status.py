@@ -4,8 +4,9 @@ The grid is every group of the folder's job files (`bench/groups.py`); a group's
 what the folder holds, whichever executor wrote it:
 
 - **done**: every cell has a complete record without error;
-- **running**: a live process holds the group's checkpoint lease (`bench/lease.py`);
-- **queued**: its latest SLURM submission (`<results>/slurm/submissions/`) is still in `squeue`;
+- **running**: a live process holds the group's checkpoint lease (`bench/lease.py`), or its latest SLURM
+  task (`<results>/slurm/submissions/`) runs;
+- **queued**: that task still waits in `squeue`;
 - **failed**: some cell has a record with an error (its error is listed);
 - **pending**: nothing of the above -- never run, or its worker died or was preempted: a rerun of the
   same `bench run` runs it.
@@ -21,6 +22,7 @@ from robustad.bench.lease import Holder, live_leases
 from robustad.bench.records import read_record, record_path
 
 STATES = ("done", "running", "queued", "failed", "pending")
+SLURM_RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
 
 
 @dataclasses.dataclass
@@ -54,8 +56,8 @@ def group_statuses(results: str | Path, groups: list[Group], *, queued: dict[str
             state = "done"
         elif holder is not None:
             state = "running"
-        elif group.group_id in queued:
-            state = "queued"
+        elif group.group_id in queued:  # a task that runs but has not taken the lease yet is running too
+            state = "running" if queued[group.group_id][1] in SLURM_RUNNING else "queued"
         elif errors:
             state = "failed"
         else:

@@ -155,7 +155,8 @@ class GroupTask:
         if cpus:
             torch.set_num_threads(int(cpus))
         job = read_job(job_file)
-        info = describe_run("slurm", worker=os.environ.get("SLURM_ARRAY_TASK_ID"), attempt=attempt,
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        info = describe_run("slurm", worker=int(task) if task and task.isdigit() else task, attempt=attempt,
                             device=job.options.device, group=job.group.group_id)
         print(f"== group {job.group.group_id} ({len(job.group.cells)} cells), attempt {attempt}, "
               f"SLURM job {info.get('slurm_job')} on {info['host']}", file=sys.stderr, flush=True)
@@ -183,10 +184,17 @@ def import_submitit():
     return submitit
 
 
+def check_slurm_client() -> None:
+    """Fails with what to do when submitit or SLURM's commands are missing here."""
+    import_submitit()
+    missing = [command for command in ("sbatch", "squeue") if shutil.which(command) is None]
+    if missing:
+        raise ValueError(f"--executor slurm: {' and '.join(missing)} not on PATH (run bench on a SLURM login node)")
+
+
 def make_executor(results: Path, options: SlurmOptions):
     submitit = import_submitit()
-    if shutil.which("sbatch") is None:
-        raise ValueError("--executor slurm: sbatch is not on PATH (run bench on a SLURM login node, or set PATH)")
+    check_slurm_client()
     executor = submitit.AutoExecutor(folder=results / "slurm", cluster="slurm")
     parameters = {"name": "robustad", "timeout_min": options.time_min,
                   "slurm_partition": options.partition, "slurm_gpus_per_task": options.gpus_per_task,
@@ -246,7 +254,7 @@ def wait_for(submission: dict, results: Path, groups: list[Group], *, poll_s: fl
         statuses = group_statuses(results, groups, queued=queued)
         line = summary_line(statuses)
         now = time.monotonic()
-        if line != last_line or now - last_print > 300 or not queued:
+        if line != last_line or now - last_print > 300:
             log(f"[{now - started:6.0f} s] SLURM {submission['array_id']}: {line}")
             last_line, last_print = line, now
         if not queued:
