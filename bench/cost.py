@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -69,6 +70,11 @@ def split_sizes(dataset: str, root: str | None, category: str) -> tuple[int, int
         return UNKNOWN_SIZE, UNKNOWN_SIZE
 
 
+def overrides_key(overrides: dict) -> str:
+    """Config overrides as one comparable string (a tuple value is a list once read back from JSON)."""
+    return json.dumps(overrides, sort_keys=True, default=list)
+
+
 def attack_steps(steps: int | None) -> int:
     return max(1, int(steps or 1))
 
@@ -98,7 +104,7 @@ class CostModel:
 
     def _learn(self, record) -> None:
         seconds = record.seconds or {}
-        self.trained.add((record.method, record.profile, tuple(sorted(record.config_overrides.items())),
+        self.trained.add((record.method, record.profile, overrides_key(record.config_overrides),
                           record.dataset, record.category, record.seed))
         n_train, _ = split_sizes(record.dataset, record.root, record.category)
         if seconds.get("fit") and not seconds.get("checkpoint_reused") and n_train:
@@ -117,8 +123,8 @@ class CostModel:
         n_test = min(n_test, cap) if cap else n_test
         measured = False
         fit_rates = [] if prior_only else self.fit_rates.get((first.method, first.profile), [])
-        trained = not prior_only and (first.method, first.profile, first.config, first.dataset,
-                                      first.category, first.seed) in self.trained
+        trained = not prior_only and (first.method, first.profile, overrides_key(first.config_overrides),
+                                      first.dataset, first.category, first.seed) in self.trained
         if trained:
             fit_s, measured = 0.0, True
         elif fit_rates:

@@ -9,8 +9,7 @@ A group travels as a **job file** the worker reads (HELM's one-RunSpec-JSON-per-
 
     <results>/jobs/<group id>__<digest>.json
     {"schema": 1, "group": "<group id>", "results": "/abs/results",
-     "options": {"device": "cuda", "precision": "fp32", "attack_batch": null,
-                 "force_cells": [], "redo_before": null},
+     "options": {"device": "cuda", "precision": "fp32", "attack_batch": null, "redo_before": null},
      "cells": [{CellSpec fields}, ...]}
 
 The digest covers the cells and options, so two commands that ask different things of one group
@@ -125,15 +124,15 @@ class RunOptions:
     device: str = "cpu"
     precision: str = "fp32"
     attack_batch: int | None = None
-    force_cells: tuple[str, ...] = ()  # --force: these cells are rerun ...
-    redo_before: str | None = None  # ... when their record was written before this time (ISO, UTC)
+    redo_before: str | None = None  # --force: rerun the cells whose record was written before (ISO, UTC)
 
     def forces(self, cell_id: str, results: str | Path) -> bool:
-        """Whether to rerun a cell although its record may be complete (--force, once per command)."""
-        if cell_id not in self.force_cells:
+        """Whether to rerun a cell although its record may be complete: --force reruns each cell of its
+        command once (a retried worker keeps the records the command already wrote)."""
+        if self.redo_before is None:
             return False
         record = read_record(record_path(Path(results), cell_id))
-        if record is None or self.redo_before is None:
+        if record is None:
             return True
         created, cutoff = record.created_time, _parse(self.redo_before)
         return created is None or cutoff is None or created < cutoff
@@ -155,15 +154,16 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": JOB_SCHEMA, "group": self.group.group_id, "results": self.results,
-                "options": {**dataclasses.asdict(self.options), "force_cells": list(self.options.force_cells)},
-                "cells": [spec_to_json(cell) for cell in self.group.cells]}
+                "options": dataclasses.asdict(self.options), "cells": [spec_to_json(cell) for cell in self.group.cells]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "job file") -> "Job":
         if not isinstance(data, dict) or data.get("schema") != JOB_SCHEMA or not data.get("cells"):
             raise ValueError(f"{source}: not a robustad job file (expected schema {JOB_SCHEMA} and a list of cells)")
         options = dict(data.get("options") or {})
-        options["force_cells"] = tuple(options.get("force_cells") or ())
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(RunOptions)})
+        if unknown:
+            raise ValueError(f"{source}: unknown options {', '.join(unknown)}")
         group = Group(tuple(spec_from_json(cell) for cell in data["cells"]))
         if group.group_id != data.get("group") or len(make_groups(group.cells)) != 1:
             raise ValueError(f"{source}: its cells are not one group {data.get('group')!r}")
@@ -212,12 +212,10 @@ def grid_of(results: str | Path) -> tuple[list[Group], list[str]]:
     return [Group(tuple(found.values())) for found in cells.values()], problems
 
 
-def new_run_options(args_device: str, precision: str, attack_batch: int | None, force: bool,
-                    groups: list[Group]) -> RunOptions:
+def new_run_options(device: str, precision: str, attack_batch: int | None, force: bool) -> RunOptions:
     """The options of one `bench run` command; `--force` reruns its cells once (records older than now)."""
-    force_cells = tuple(cell_id for group in groups for cell_id in group.cell_ids()) if force else ()
-    return RunOptions(device=args_device, precision=precision, attack_batch=attack_batch,
-                      force_cells=force_cells, redo_before=now_iso() if force else None)
+    return RunOptions(device=device, precision=precision, attack_batch=attack_batch,
+                      redo_before=now_iso() if force else None)
 
 
 # ---------------------------------------------------------------------------------------------

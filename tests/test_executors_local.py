@@ -67,6 +67,7 @@ def test_a_worker_killed_mid_fit_is_replaced_and_its_group_retried(tree, tmp_pat
     assert len(list((results / "checkpoints").rglob("*.pt"))) == 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_grid_stops_every_worker_and_keeps_what_is_done(tree, tmp_path):
     results, fit_log = tmp_path / "results", tmp_path / "fit.log"
     args = bench_args(tree, results, fit_log, CATEGORIES, fit_seconds=4, extra=["--workers", "2"])

@@ -166,7 +166,7 @@ def test_force_reruns_a_cell_only_if_its_record_predates_the_command(tmp_path):
     from robustad.bench.records import Record, now_iso, write_record
 
     spec = cell()
-    options = RunOptions(force_cells=(spec.cell_id(),), redo_before=now_iso())
+    options = RunOptions(redo_before=now_iso())
     assert options.forces(spec.cell_id(), tmp_path) is True  # no record yet
     write_record(tmp_path, Record(cell_id=spec.cell_id(), method=TINY, dataset="mvtec", category="alpha",
                                   attack="pgd", objective="localization", norm="linf", eps=8 / 255, eps_text="8/255",

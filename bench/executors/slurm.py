@@ -214,7 +214,10 @@ def submit(jobs: list[tuple[Job, Path]], results: Path, options: SlurmOptions, l
         for task in submission.get("tasks", []):
             earlier[task["group"]] = earlier.get(task["group"], 0) + 1
     attempts = [earlier.get(job.group.group_id, 0) + 1 for job, _ in jobs]
-    submitted = executor.map_array(GroupTask(), [str(path) for _, path in jobs], attempts)
+    try:
+        submitted = executor.map_array(GroupTask(), [str(path) for _, path in jobs], attempts)
+    except Exception as err:  # sbatch refused the array (partition, time limit, account ...)
+        raise ValueError(f"--executor slurm: submitting the array failed: {err}") from err
     array_id = submitted[0].job_id.split("_")[0]
     submission = {
         "array_id": array_id, "submitted": now_iso(), "folder": str(results / "slurm"),
