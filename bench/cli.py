@@ -1,7 +1,9 @@
 """`bench`: a thin command line over the library (same defaults as the Python API).
 
     bench run   --method M --attack A --dataset D [--category C|all] ...   one record per cell
+                [--executor local --workers N | --executor slurm ...] [--shard i/n] [--dry-run]
     bench table --results DIR --format latex|markdown|csv --layout methods|categories|attacks
+    bench status --results DIR                                             done/running/failed/pending groups
     bench list  [methods|attacks|datasets]
     bench check --method M --dataset D [--category C]                      soundness checks
     bench data  info|download ...
@@ -71,6 +73,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack-batch", dest="attack_batch", type=int, default=None,
                    help="images attacked at once (default: the profile's test batch; halved on CUDA out-of-memory)")
     p.add_argument("--force", action="store_true", help="rerun cells whose record exists")
+    from robustad.bench.execution import add_execution_arguments
+
+    add_execution_arguments(p)
 
 
 def parse_option_value(text: str):
@@ -146,21 +151,11 @@ def validate_run_arguments(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from robustad.bench.runner import run_grid
-    from robustad.bench.tables import format_cell_result
+    from robustad.bench.execution import check_execution_arguments, execute_run
 
+    check_execution_arguments(args)
     validate_run_arguments(args)
-    specs = build_specs(args)
-    records = run_grid(specs, results=args.results, device=args.device, force=args.force,
-                       precision=args.precision, attack_batch=args.attack_batch,
-                       on_record=lambda r: print(format_cell_result(r), flush=True))
-    failed = [r for r in records if r.failed]
-    folder = Path(args.results).expanduser().resolve() / "records"
-    elsewhere = [r for r in records if not (folder / f"{r.cell_id}.json").is_file()]
-    print(f"{len(records) - len(failed)} cell(s) done, {len(failed)} failed; records in {folder}"
-          + (f"; {len(elsewhere)} could not be written there (see the messages above for where they are)"
-             if elsewhere else ""))
-    return 1 if failed or elsewhere else 0
+    return execute_run(build_specs(args), args)
 
 
 def cmd_table(args) -> int:
@@ -185,6 +180,12 @@ def cmd_table(args) -> int:
         print(Path(path).read_text())
         print(f"written to {path}", file=sys.stderr)
     return 0
+
+
+def cmd_status(args) -> int:
+    from robustad.bench.status import cmd_status as status
+
+    return status(args)
 
 
 def cmd_list(args) -> int:
@@ -335,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     degree.add_argument("--out", default=None, help="output folder (default: <results>/attention_degree/<cell>)")
     degree.add_argument("--device", default="cpu")
     degree.set_defaults(func=cmd_attention_degree)
+
+    status = sub.add_parser("status", help="done / running / queued / failed / pending groups of a results folder")
+    status.add_argument("--results", default=DEFAULT_RESULTS)
+    status.add_argument("--verbose", action="store_true", help="list the done groups too")
+    status.set_defaults(func=cmd_status)
 
     listing = sub.add_parser("list", help="list registered methods, attacks and datasets")
     listing.add_argument("kind", nargs="?", choices=["methods", "attacks", "datasets"])

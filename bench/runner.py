@@ -32,6 +32,7 @@ from robustad.bench.environment import git_revision, package_versions
 from robustad.core.profiles import EVAL_SETTINGS, Profile
 from robustad.bench.records import Metrics, Record, is_done, now_iso, read_record, record_path, write_record
 from robustad.core.cache import cache_root
+from robustad.bench.run_info import describe_run
 from robustad.core.seeding import seed_everything
 from robustad.datasets import create_dataset, list_categories
 from robustad.datasets.decode_check import check_decodes
@@ -106,24 +107,30 @@ def checkpoint_path(results: Path, detector, spec: CellSpec, dataset_root: str) 
 
 
 def fit_or_load(detector, spec: CellSpec, results: Path, train_set, log) -> tuple[Path, float, bool]:
-    """Loads the cached checkpoint for this (method, config, dataset, category, seed) or trains one."""
+    """Loads the cached checkpoint for this (method, config, dataset, category, seed) or trains one.
+
+    Under the checkpoint's lease (`bench/lease.py`): while another process trains the same model this
+    waits for it, then loads its checkpoint, so no model is ever trained twice at once."""
+    from robustad.bench.lease import Lease
+
     path = checkpoint_path(results, detector, spec, str(train_set.format.root))
-    if path.exists():
+    with Lease(path, log=log):
+        if path.exists():
+            try:
+                detector.load_checkpoint(path)
+                log(f"reusing checkpoint {path}")
+                return path, 0.0, True
+            except CheckpointMismatchError as err:
+                log(f"ignoring unusable checkpoint: {err}")
+        seed_everything(spec.seed)
+        start = time.perf_counter()
+        detector.fit(train_set)
+        seconds = time.perf_counter() - start
         try:
-            detector.load_checkpoint(path)
-            log(f"reusing checkpoint {path}")
-            return path, 0.0, True
-        except CheckpointMismatchError as err:
-            log(f"ignoring unusable checkpoint: {err}")
-    seed_everything(spec.seed)
-    start = time.perf_counter()
-    detector.fit(train_set)
-    seconds = time.perf_counter() - start
-    try:
-        detector.save_checkpoint(path)
-    except OSError as err:  # a disk filled during the fit: keep the trained model, evaluate it anyway
-        log(f"warning: could not save the checkpoint {path} ({err.strerror or err}); the cell goes on with the "
-            f"model in memory, and a rerun trains it again")
+            detector.save_checkpoint(path)
+        except OSError as err:  # a disk filled during the fit: keep the trained model, evaluate it anyway
+            log(f"warning: could not save the checkpoint {path} ({err.strerror or err}); the cell goes on with "
+                f"the model in memory, and a rerun trains it again")
     return path, seconds, False
 
 
@@ -229,8 +236,11 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
 
 
 def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "cpu", force: bool = False,
-             precision: str = "fp32", progress: bool | None = None, log=None, attack_batch: int | None = None) -> Record:
-    """Runs one cell and returns its record (the existing one when the cell is done)."""
+             precision: str = "fp32", progress: bool | None = None, log=None, attack_batch: int | None = None,
+             run_info: dict | None = None) -> Record:
+    """Runs one cell and returns its record (the existing one when the cell is done).
+
+    `run_info`: the record's `run` field, who ran it (`bench/run_info.py`; default: this process, inline)."""
     results = Path(results).expanduser().resolve()
     log = log or (lambda message: print(message, file=sys.stderr))
     cell_id = spec.cell_id()
@@ -285,6 +295,7 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
         versions=package_versions(),
         git_revision=git_revision(),
         checkpoint_sha256=file_sha256(ckpt) if ckpt.exists() else None,
+        run=run_info or describe_run(device=device),
     )
     save_record(results, record, log)
     return record
@@ -340,18 +351,21 @@ def expand_categories(dataset: str, root, category: str) -> list[str]:
 
 
 def run_grid(specs: list[CellSpec], *, results="results", device="cpu", force=False, precision="fp32",
-             progress=None, log=None, on_record=None, attack_batch: int | None = None) -> list[dict]:
-    """Runs every cell; a failed cell writes a record with an `error` field and the grid goes on."""
+             progress=None, log=None, on_record=None, attack_batch: int | None = None,
+             run_info: dict | None = None) -> list[dict]:
+    """Runs every cell in this process, one after another; a failed cell writes a record with an `error`
+    field and the grid goes on. (`bench run` runs grids by groups, on an executor: `bench/executors/`.)"""
     log = log or (lambda message: print(message, file=sys.stderr))
     records = []
     for spec in specs:
         try:
             record = run_cell(spec, results=results, device=device, force=force, precision=precision,
-                              progress=progress, log=log, attack_batch=attack_batch)
+                              progress=progress, log=log, attack_batch=attack_batch, run_info=run_info)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - the failure is recorded, not swallowed
             record = failed_record(spec, err)
+            record.run = run_info or describe_run(device=device)
             save_record(Path(results).expanduser().resolve(), record, log)
             log(f"cell {spec.cell_id()} failed: {record.error}")
         records.append(record)
