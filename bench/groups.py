@@ -26,10 +26,12 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from robustad.bench.records import is_done, now_iso, read_record, record_path, write_json_atomic
-from robustad.bench.runner import CellSpec
+
+if TYPE_CHECKING:  # the runner imports torch; `bench list` and `bench --help` must not
+    from robustad.bench.runner import CellSpec
 
 JOB_SCHEMA = 1
 
@@ -46,6 +48,8 @@ def spec_to_json(spec: CellSpec) -> dict[str, Any]:
 
 
 def spec_from_json(data: dict[str, Any]) -> CellSpec:
+    from robustad.bench.runner import CellSpec
+
     fields = {f.name for f in dataclasses.fields(CellSpec)}
     unknown = sorted(set(data) - fields)
     if unknown:

@@ -41,13 +41,24 @@ def check_categories(dataset: str, root, categories: list[str]) -> None:
 
 
 def check_results_writable(results) -> None:
-    """The results folder can be created and written (records, checkpoints)."""
+    """The results folder can be written (records, checkpoints), or created where it does not exist yet.
+
+    Nothing is created here: a dry run or a refused command leaves the file system as it was.
+    """
     folder = Path(results).expanduser().resolve()
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--results {folder}: cannot write there ({existing} is a file, not a folder); choose a "
+                         f"writable folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
-        os.close(fd)
-        os.unlink(probe)
+        if existing == folder:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+            os.close(fd)
+            os.unlink(probe)
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, f"cannot create a folder in {existing}")
     except OSError as err:
         raise ValueError(f"--results {folder}: cannot write there ({err.strerror or err}); choose a writable "
                          f"folder") from None

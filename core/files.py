@@ -13,8 +13,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 CHUNK_BYTES = 1 << 20
 
 
@@ -49,6 +47,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def torch_bytes(obj) -> bytes:
     """`torch.save(obj)` as bytes. Equal objects give equal bytes: saved to a file, torch names the
     archive after the file, so two saves of one model under temporary names would differ."""
+    import torch  # here, so that `bench list` and record readers never load torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()

@@ -1,7 +1,8 @@
 """`bench check` on the tiny undefended detector, and the flags for masked / randomized models."""
+import pytest
 import torch
 
-from robustad.attacks import AttackObjective, FlipLoss, register_attack
+from robustad.attacks import ATTACKS, AttackObjective, FlipLoss, register_attack
 from robustad.attacks.pgd import PGD
 from robustad.attacks.worst_case import WorstCase
 from robustad.bench.checks import cheap_checks
@@ -74,7 +75,6 @@ def test_undefended_twin_of_an_adv_method_is_its_clean_method():
     assert check.undefended_spec() is None
 
 
-@register_attack("test-raw-ce")
 class RawLogitCE(PGD):
     """PGD on the CE of the raw logits read as [0, m] (what every CE attack did before issue #25)."""
 
@@ -92,14 +92,21 @@ class FirstMemberOnly(WorstCase):
         return self.members[0](detector, images, masks, labels, calibration=calibration)
 
 
-def test_logit_shift_check_passes_calibrated_attacks_and_catches_raw_ones(mvtec_root, tmp_path):
+@pytest.fixture
+def raw_logit_ce():
+    register_attack("test-raw-ce")(RawLogitCE)
+    yield "test-raw-ce"
+    ATTACKS.unregister("test-raw-ce")
+
+
+def test_logit_shift_check_passes_calibrated_attacks_and_catches_raw_ones(mvtec_root, tmp_path, raw_logit_ce):
     spec = CellSpec(method="tests.tiny_detector:TinyDetector", dataset="mvtec", category="alpha",
                     root=str(mvtec_root), steps=5, attack="segpgd")
     check = SoundnessCheck(spec, results=tmp_path, max_images=12, log=lambda m: None)
     sound = check.logit_shift_invariance()
     assert sound.passed, sound.figures
     assert sound.figures["attack"] == "segpgd" and {"plain", "scale*0.1"} <= set(sound.figures)
-    raw = check.logit_shift_invariance("test-raw-ce")
+    raw = check.logit_shift_invariance(raw_logit_ce)
     assert raw.passed is False and raw.figures["spread"] > 1.0, raw.figures
 
 
