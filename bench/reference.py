@@ -4,7 +4,8 @@
 Nafez et al., CVPR 2025, Tables 1–21; see its README); `load_reference(path)` reads a user's CSV in
 one of the same two formats, so a defense's own paper can be compared:
 
-- results format: `table,method,dataset,category,task,attack,clean,adversarial,norm,eps[,metric,paper_label,note]`
+- results format: `table,method,dataset,category,task,attack,clean,adversarial,norm,eps[,metric,paper_label,note,config]`
+  (`config`, optional: the method's `--config` overrides the row was measured with)
 - ablations format: `table,variant,config,dataset,task,attack,norm,eps,clean,adversarial` (method
   `patchguard`, category `mean`; `config` is the `--config` override, `KEY=VALUE` separated by
   spaces; a config in parentheses names a variant robustad cannot run).
@@ -144,7 +145,9 @@ def _row(fields: dict, kind: str, line: int) -> ReferenceRow:
     eps_text = fields["eps"].strip() or "8/255"
     if kind == "results":
         method, category = fields["method"].strip(), fields["category"].strip() or "mean"
-        config, config_text, note = {}, "", (fields.get("note") or "").strip()
+        config_text = (fields.get("config") or "").strip()
+        config, config_note = parse_config_text(config_text)
+        note = "; ".join(n for n in ((fields.get("note") or "").strip(), config_note) if n)
         label = (fields.get("paper_label") or "").strip() or method
     else:
         method, category = ABLATION_METHOD, "mean"
@@ -207,6 +210,11 @@ class Reference:
 
     def __post_init__(self):
         self.rows = sorted(self.rows, key=lambda r: (_table_number(r.value.table), r.line))
+
+    @property
+    def short_name(self) -> str:
+        """How a table names these figures beside measured ones: "paper" or "ref"."""
+        return "paper" if self.source == PAPER_SOURCE else "ref"
 
     def tables(self) -> list[str]:
         return list(dict.fromkeys(r.value.table for r in self.rows))
