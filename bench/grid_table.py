@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from robustad.bench.grid import Grid, GridCell, expand_grid, load_grid
-from robustad.bench.reference import TASKS as REFERENCE_TASKS, config_key
+from robustad.bench.reference import TASKS as REFERENCE_TASKS, config_key, method_defaults
 from robustad.bench.table_render import Compared, Table, Value, render
 from robustad.bench.tables import (EXTENSIONS, TASK_METRIC, _attack_and_steps, _category_means,
                                    _dataset_mean, _mean, category_name, dataset_name, method_name)
@@ -79,7 +79,7 @@ def _published(reference, grid: Grid, cell: GridCell, *, category: str, dataset:
     if run.not_implemented:
         rows = [r for r in reference.matching(**common, any_config=True) if r.value.label == run.label]
     else:
-        rows = reference.matching(**common, config=dict(cell.config))
+        rows = reference.matching(**common, config=dict(cell.config), defaults=method_defaults(cell.method, cell.profile))
     return rows[0].value if rows else None
 
 

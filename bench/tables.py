@@ -35,6 +35,7 @@ from robustad.bench.display_names import (attack_display_name, attack_table_orde
                                           dataset_table_order, method_display_name, method_table_order)
 from robustad.bench.record_loading import load_records, unique_cells
 from robustad.bench.records import Record, records_dir
+from robustad.bench.reference import method_defaults
 from robustad.bench.table_render import INCOMPLETE, Compared, Table, Value, render
 from robustad.core.files import write_text_atomic
 from robustad.core.parsing import parse_eps
@@ -226,7 +227,8 @@ def reference_for(reference, record: Record, setting: AttackSetting, *, dataset:
         return None  # AD figures are compared under the detection objective, AL under localization
     return reference.lookup(method=record.method, dataset=dataset, category=category, task=TASK_OBJECTIVE[task],
                             attack=setting.attack, steps=None if setting.steps < 0 else setting.steps,
-                            norm=setting.norm, eps=setting.eps_text, config=record.config_overrides)
+                            norm=setting.norm, eps=setting.eps_text, config=record.config_overrides,
+                            defaults=method_defaults(record.method, record.profile))
 
 
 def beside(value: Value, reference, published, phase: str):
@@ -249,7 +251,8 @@ def _average_reference(reference, record: Record, setting: AttackSetting, task: 
         return None
     published = reference.matching(method=record.method, category="mean", task=TASK_OBJECTIVE[task],
                                    attack=setting.attack, steps=None if setting.steps < 0 else setting.steps,
-                                   norm=setting.norm, eps=setting.eps_text, config=record.config_overrides)
+                                   norm=setting.norm, eps=setting.eps_text, config=record.config_overrides,
+                                   defaults=method_defaults(record.method, record.profile))
     average = next((row for row in published if row.dataset == "average"), None)
     if average is None:
         return None

@@ -10,12 +10,13 @@ import pytest
 from robustad.bench.cli import main
 from robustad.bench.grid import GridError, expand_grid, load_grid, shipped_grids
 from robustad.bench.grid_cli import parse_roots
-from robustad.bench.reference import config_key, load_reference
+from robustad.bench.reference import config_key, load_reference, method_defaults
 from robustad.core.parsing import parse_number, split_steps_suffix
 from tests.dataset_trees import write_mvtec_like
 
 TINY = "tests.tiny_detector:TinyDetector"
 PAPER_GRIDS = [f"paper/table{n}" for n in range(1, 22)] + ["paper/fig2"]
+PATCHGUARD_DEFAULTS = method_defaults("patchguard", "paper")  # Table 5's alpha=1 is PatchGuard itself
 
 
 def test_every_paper_table_and_figure_2_ships_as_a_grid():
@@ -27,7 +28,7 @@ def _reference_keys(reference, table: str, per_category: bool):
     for row in reference.matching(table=table, any_config=True):
         if row.dataset == "average":
             continue
-        variant = row.config_key() if row.config is not None else row.value.label
+        variant = row.config_key(PATCHGUARD_DEFAULTS) if row.config is not None else row.value.label
         keys.append((row.method, variant, row.dataset, row.category if per_category else "mean", row.task,
                      row.attack, row.steps, round(row.eps, 6)))
     return keys
@@ -37,7 +38,7 @@ def _cell_keys(grid, cells, per_category: bool):
     keys = set()
     for cell in cells:
         run = grid.runs[cell.run]
-        variant = run.label if run.not_implemented else config_key(dict(cell.config))
+        variant = run.label if run.not_implemented else config_key(dict(cell.config), PATCHGUARD_DEFAULTS)
         attack, steps = split_steps_suffix(cell.attack)
         keys.add((cell.method, variant, cell.dataset, cell.category if per_category else "mean", cell.objective,
                   attack, steps, round(parse_number(cell.eps_text), 6)))
