@@ -87,6 +87,15 @@ def test_bench_grid_show_counts_what_a_root_makes_runnable(tmp_path, capsys):
     assert "runnable here: 24 cells, 2 trainings" in out  # 2 categories x 6 attacks x 2 objectives
     assert (f"156 cells (13 trainings): dataset 'mvtec' under {root} lacks these categories: capsule, carpet"
             in out)
+    # bench run --grid runs exactly those cells, on any executor; a dry run lists their groups
+    results = tmp_path / "results"
+    assert main(["run", "--grid", "paper/table4", "--root", f"mvtec={root}", "--results", str(results), "--dry-run",
+                 "--profile", "quick"]) == 0
+    captured = capsys.readouterr()
+    assert "dry run: 2 group(s) to run (24 cells); 0 done" in captured.out
+    assert "patchguard on mvtec/bottle, seed 0, quick: pgd-1000 8/255, caa 8/255" in captured.out
+    assert "not run: 144 cells: no root for dataset 'visa' (give --root visa=DIR)" in captured.err
+    assert not (results / "records").exists()
 
 
 def test_bench_grid_show_says_which_methods_and_variants_are_not_implemented(capsys):
