@@ -203,7 +203,8 @@ def grid_tables(grid: Grid, records: list, reference=None, profile: str | None =
 
 
 def grid_table_path(results, grid: Grid, fmt: str, reference=None) -> Path:
-    name = "grid_" + re.sub(r"[^A-Za-z0-9]+", "_", grid.name).strip("_")
+    shipped = not grid.name.endswith(".toml")
+    name = "grid_" + re.sub(r"[^A-Za-z0-9]+", "_", grid.name if shipped else Path(grid.name).stem).strip("_")
     name += f"_vs_{reference.short_name}" if reference is not None else ""
     return Path(results).expanduser().resolve() / "tables" / f"{name}.{EXTENSIONS[fmt]}"
 
