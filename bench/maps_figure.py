@@ -2,8 +2,8 @@
 truth, the clean anomaly map, the adversarial image and the adversarial anomaly map.
 
 The examples are those the runner saved with the record (`bench/example_maps.py`), so drawing the
-figure needs no model and no attack. Both maps of a row share one colour scale (the range of the
-clean and adversarial maps of all the figure's images), so what the attack does to a map shows.
+figure needs no model and no attack. Both maps of a row share one colour scale (the range of that
+image's clean and adversarial maps), so what the attack does to the map shows.
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ def draw_maps_figure(arrays: dict[str, np.ndarray], title: str = ""):
     rows = len(arrays["images"])
     fig = Figure(figsize=(2.0 * len(COLUMNS), 2.0 * rows + (0.5 if title else 0.2)))
     axes = np.atleast_2d(fig.subplots(rows, len(COLUMNS), squeeze=False))
-    maps = np.concatenate([arrays["clean_maps"], arrays["adversarial_maps"]]).astype(np.float32)
-    finite = maps[np.isfinite(maps)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     for row in range(rows):
+        maps = np.stack([arrays["clean_maps"][row], arrays["adversarial_maps"][row]]).astype(np.float32)
+        finite = maps[np.isfinite(maps)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         label = "anomalous" if int(arrays["labels"][row]) == 1 else "normal"
         panels = (arrays["images"][row], arrays["masks"][row], arrays["clean_maps"][row],
                   arrays["adversarial_images"][row], arrays["adversarial_maps"][row])
@@ -71,11 +71,12 @@ def save_figure(fig, out_stem: Path, formats=("png", "pdf")) -> list[Path]:
 
 
 def maps_figure_title(record: Record) -> str:
-    from robustad.bench.display_names import attack_display_name, dataset_display_name, method_display_name
+    from robustad.bench.display_names import dataset_display_name, method_display_name
+    from robustad.bench.tables import NORM_NAMES, AttackSetting
 
-    steps = f"-{record.steps}" if record.steps and record.steps > 1 else ""
     return (f"{method_display_name(record.method_label)} on {dataset_display_name(record.dataset)}/{record.category}: "
-            f"{attack_display_name(record.attack)}{steps}, ε = {record.eps_text} ({record.norm})")
+            f"{AttackSetting.of(record).attack_label()}, ε = {record.eps_text} ({NORM_NAMES[record.norm]}), "
+            f"{record.objective} objective")
 
 
 def write_maps_figure(results: Path, record: Record, out_stem: Path, formats=("png", "pdf")) -> list[Path]:
