@@ -1,8 +1,11 @@
 """`bench`: a thin command line over the library (same defaults as the Python API).
 
     bench run   --method M --attack A --dataset D [--category C|all] ...   one record per cell
+    bench run   --grid paper/table4 --root mvtec=DIR --root visa=DIR ...  a grid file's cells
                 [--executor local --workers N | --executor slurm ...] [--shard i/n] [--dry-run]
     bench table --results DIR --format latex|markdown|csv --layout methods|categories|attacks
+    bench table --grid paper/table1 [--reference paper|FILE]               as the paper lays it out
+    bench grid  list | show NAME [--root dataset=DIR ...]                  cells, trainings, not runnable
     bench figure maps|strength|attention-degree ...                      Figure 1, strength curves, Figure 2
     bench report --results DIR --out site/                                 static HTML report
     bench status --results DIR                                             done/running/failed/pending groups
@@ -45,18 +48,22 @@ def eps_argument(text: str) -> str:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", action="append", required=True,
+    p.add_argument("--grid", default=None,
+                   help="run a grid file's cells: a shipped grid (paper/table4; see `bench grid list`) or a "
+                        "TOML file; instead of --method, --dataset, --attack ...")
+    p.add_argument("--method", action="append", default=None,
                    help="registered method or package.module:Class (repeat for several)")
     p.add_argument("--attack", action="append", default=None,
                    help="attack name, e.g. pgd, pgd-1000, sea, worst:pgd,sea (repeat for several; default pgd)")
-    p.add_argument("--dataset", action="append", required=True, help="dataset name (repeat for several)")
-    p.add_argument("--root", default=None, help="dataset root folder (default: the dataset's own)")
+    p.add_argument("--dataset", action="append", default=None, help="dataset name (repeat for several)")
+    add_root_argument(p)
     p.add_argument("--category", default=None, help="category, comma list, or 'all' (default: all)")
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--norm", default=None, choices=["linf", "l2"], help="default linf")
     p.add_argument("--eps", action="append", type=eps_argument, default=None,
                    help="budget in pixel units, e.g. 8/255 or 0.0314 (repeat for several; default 8/255)")
     p.add_argument("--steps", type=int, default=None, help="attack iterations (default: profile's)")
-    p.add_argument("--objective", default="localization", choices=["localization", "detection"])
+    p.add_argument("--objective", default=None, choices=["localization", "detection"],
+                   help="default localization")
     p.add_argument("--loss", default=None, choices=["margin", "ce"], help="attack loss (default: margin)")
     p.add_argument("--restarts", type=int, default=None)
     p.add_argument("--random-start", dest="random_start", action="store_true", default=None)
@@ -64,9 +71,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack-option", dest="attack_option", action="append", metavar="KEY=VALUE",
                    help="an option of the attack's constructor, e.g. losses=masked-ce,balanced-ce,js,margin "
                         "for sea (repeatable; recorded with the cell)")
-    p.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
-                   help="quick (default), long or paper (core/profiles.py)")
-    p.add_argument("--seed", action="append", type=int, default=None, help="seed (repeat for several; default 0)")
+    p.add_argument("--profile", default=None, choices=PROFILE_NAMES,
+                   help="quick (default; with --grid, the grid's), long or paper (core/profiles.py)")
+    p.add_argument("--seed", action="append", type=int, default=None,
+                   help="seed (repeat for several; default 0; with --grid, the grid's)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="output folder (default: results)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
@@ -78,6 +86,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     from robustad.bench.execution import add_execution_arguments
 
     add_execution_arguments(p)
+
+
+def add_root_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", action="append", default=None, metavar="[DATASET=]DIR",
+                   help="dataset root folder: DIR for every dataset, or DATASET=DIR for one "
+                        "(repeat, e.g. --root mvtec=/data/mvtec --root visa=/data/visa; default: the dataset's own)")
 
 
 def parse_option_value(text: str):
@@ -116,14 +130,15 @@ def build_specs(args) -> list:
     attack_options = tuple(sorted(attack_options_of(args).items()))
     specs = []
     for method, dataset in itertools.product(args.method, args.dataset):
-        categories = expand_categories(dataset, args.root, args.category or "all")
+        root = root_of(args, dataset)
+        categories = expand_categories(dataset, root, args.category or "all")
         for category, attack, eps_text, seed in itertools.product(
             categories, args.attack or ["pgd"], args.eps or ["8/255"], args.seed or [0]
         ):
             specs.append(CellSpec(
                 method=method, dataset=dataset, category=category, attack=attack, norm=args.norm,
                 eps=parse_eps(eps_text), eps_text=eps_text, steps=args.steps, seed=seed,
-                profile=args.profile, objective=args.objective, root=args.root, config=config,
+                profile=args.profile, objective=args.objective, root=root, config=config,
                 attack_options=attack_options,
             ))
     return specs
@@ -148,13 +163,43 @@ def validate_run_arguments(args) -> None:
                       objective=args.objective, **attack_options_of(args))
     check_eps(args.norm, [parse_eps(e) for e in args.eps or ["8/255"]])
     for dataset in args.dataset:
-        check_categories(dataset, args.root, expand_categories(dataset, args.root, args.category or "all"))
+        root = root_of(args, dataset)
+        check_categories(dataset, root, expand_categories(dataset, root, args.category or "all"))
     check_results_writable(args.results)
+
+
+def root_of(args, dataset: str) -> str | None:
+    from robustad.bench.grid_cli import parse_roots
+
+    roots = parse_roots(args.root)
+    return roots.get(dataset, roots.get(None))
+
+
+CELL_OPTIONS = ("method", "dataset", "attack", "category", "norm", "eps", "steps", "objective", "loss", "restarts",
+                "random_start", "step_size", "attack_option", "config")
 
 
 def cmd_run(args) -> int:
     from robustad.bench.execution import check_execution_arguments, execute_run
+    from robustad.bench.grid_cli import parse_roots
 
+    parse_roots(args.root)  # a malformed --root fails first
+    if args.grid:
+        from robustad.bench.grid_cli import grid_specs
+
+        given = [name for name in CELL_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')}: not with --grid (the grid file names its cells; "
+                             f"copy it and edit the copy to change them)")
+        check_execution_arguments(args)
+        specs = grid_specs(args)
+        return execute_run(specs, args) if specs else 2
+    missing = [name for name in ("method", "dataset") if not getattr(args, name)]
+    if missing:
+        raise ValueError(f"--{missing[0]} is required (or --grid NAME)")
+    args.profile = args.profile or "quick"
+    args.norm = args.norm or "linf"
+    args.objective = args.objective or "localization"
     check_execution_arguments(args)
     validate_run_arguments(args)
     return execute_run(build_specs(args), args)
@@ -169,10 +214,22 @@ def cmd_table(args) -> int:
     filters = {k: getattr(args, k) for k in ("method", "dataset", "attack", "steps", "objective", "norm", "eps", "profile")}
     filters = {k: v for k, v in filters.items() if v is not None}
     records, _ = load_records(args.results)
-    text = build_table(records, layout=args.layout, task=args.task, fmt=args.format, **filters) if records else None
+    reference = None
+    if args.reference:
+        from robustad.bench.reference import load_reference
+
+        reference = load_reference(args.reference)
+    if args.grid:
+        from robustad.bench.grid_table import write_grid_table
+
+        if filters:
+            raise ValueError(f"--{next(iter(filters))}: not with --grid (the grid chooses the records)")
+        return write_grid_table(args, records, reference)
+    text = build_table(records, layout=args.layout, task=args.task, fmt=args.format, reference=reference,
+                       **filters) if records else None
     try:
         paths = write_tables(args.results, layout=args.layout, task=args.task, fmt=args.format, records=records,
-                             **filters)
+                             reference=reference, **filters)
     except OSError as err:  # a read-only results folder: the table is still shown
         print(text)
         print(f"bench: error: could not save the table under {Path(args.results).resolve() / 'tables'} "
@@ -182,6 +239,12 @@ def cmd_table(args) -> int:
         print(Path(path).read_text())
         print(f"written to {path}", file=sys.stderr)
     return 0
+
+
+def cmd_grid(args) -> int:
+    from robustad.bench.grid_cli import cmd_grid as grid
+
+    return grid(args)
 
 
 def cmd_status(args) -> int:
@@ -311,7 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("method", "dataset", "attack", "objective", "norm", "eps", "profile"):
         table.add_argument(f"--{name}", default=None, help=f"only records with this {name}")
     table.add_argument("--steps", type=int, default=None, help="only records with this many attack steps")
+    table.add_argument("--reference", default=None, metavar="paper|FILE",
+                       help="put published figures beside the measured ones: the paper's (shipped) or a CSV "
+                            "in the same format (bench/paper_figures/README.md)")
+    table.add_argument("--grid", default=None, help="lay the records of a grid out as its table (paper/table1 ...)")
     table.set_defaults(func=cmd_table)
+
+    grid = sub.add_parser("grid", help="the evaluation grids: list them, show one's cells and what cannot run here")
+    grid_sub = grid.add_subparsers(dest="grid_command", required=True)
+    grid_list = grid_sub.add_parser("list", help="the shipped grids with their cells and trainings")
+    add_root_argument(grid_list)
+    grid_show = grid_sub.add_parser("show", help="a grid's runs, cells, trainings and what is not runnable, and why")
+    grid_show.add_argument("name", help="a shipped grid (paper/table4) or a TOML grid file")
+    add_root_argument(grid_show)
+    grid_show.add_argument("--profile", default=None, choices=PROFILE_NAMES, help="default: the grid's")
+    grid.set_defaults(func=cmd_grid)
 
     check = sub.add_parser("check", help="soundness checks of the evaluation of one method")
     check.add_argument("--method", required=True)
