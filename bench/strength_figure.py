@@ -12,7 +12,7 @@ from pathlib import Path
 
 from robustad.bench.display_names import attack_display_name, dataset_display_name, method_display_name
 from robustad.bench.records import Record
-from robustad.bench.tables import TASK_METRIC, AttackSetting
+from robustad.bench.tables import NORM_NAMES, TASK_METRIC, AttackSetting
 
 PANELS = ("steps", "eps")
 
@@ -42,7 +42,7 @@ def strength_points(records: list[Record], task: str, x: str, by: str = "method"
         attack = attack_display_name(setting.attack)
         method = method_display_name(record.method_label)
         first, second = (method, attack) if by == "method" else (attack, method)
-        parts = [first, second, setting.norm, setting.objective, fixed, setting.options, setting.profile]
+        parts = [first, second, NORM_NAMES[setting.norm], setting.objective, fixed, setting.options, setting.profile]
         line = (record.dataset, *parts)
         x_value = setting.steps if x == "steps" else setting.eps
         values[line][x_value][(record.category, record.seed)].append(record.metric("adversarial", metric))
@@ -63,32 +63,34 @@ def strength_points(records: list[Record], task: str, x: str, by: str = "method"
 
 
 def draw_strength_figure(records: list[Record], task: str = "ad", by: str = "method", title: str = ""):
-    """A matplotlib Figure with the steps panel and the ε panel; raises ValueError when neither has a line."""
+    """A matplotlib Figure with the steps panel and the ε panel (those with a line); raises ValueError when
+    neither has one."""
     from matplotlib.figure import Figure
 
     panels = {x: strength_points(records, task, x, by) for x in PANELS}
     if not any(panels.values()):
         raise ValueError("no attack was run at two or more step counts or budgets with the other settings equal; "
                          "run e.g. --attack pgd-5 --attack pgd-20, or --eps 2/255 --eps 8/255")
-    fig = Figure(figsize=(11, 4.2))
-    axes = fig.subplots(1, 2)
+    shown = [x for x in PANELS if panels[x]]  # a panel without a line is left out
+    fig = Figure(figsize=(5.5 * len(shown), 4.2))
+    axes = fig.subplots(1, len(shown), squeeze=False)[0]
     metric = "image" if task == "ad" else "pixel"
-    for ax, x in zip(axes, PANELS):
+    for ax, x in zip(axes, shown):
+        ticks = set()
         for label, points in panels[x].items():
             xs = [p[0] * (255 if x == "eps" else 1) for p in points]
+            ticks.update(xs)
             ax.plot(xs, [p[1] for p in points], marker="o", label=label)
-        ax.set_xlabel("attack steps" if x == "steps" else "ε (× 1/255)")
-        if x == "steps" and panels[x]:
+        if x == "steps":
             ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+        ax.set_xlabel("attack steps" if x == "steps" else "ε (× 1/255)")
         ax.set_ylabel(f"adversarial {metric} AUROC (%)")
         ax.set_ylim(-2, 102)
         ax.axhline(50, color="gray", linewidth=0.7, linestyle=":")
         ax.grid(alpha=0.3)
-        if panels[x]:
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, f"no attack run at several {'step counts' if x == 'steps' else 'budgets'}",
-                    ha="center", va="center", transform=ax.transAxes, fontsize=8, color="gray")
+        ax.legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
