@@ -5,15 +5,14 @@ import pytest
 from robustad.bench.cli import build_parser, cmd_attention_degree, main
 from robustad.bench.example_maps import load_examples
 from robustad.bench.strength_figure import strength_points
-from tests.report_records import TINY, crafted, tiny_results, write_records
+from tests.report_records import TINY, crafted, write_records
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def tiny_run(mvtec_root, tmp_path_factory):
-    results = tmp_path_factory.mktemp("figure-results")
-    return results, tiny_results(mvtec_root, results)
+@pytest.fixture
+def tiny_run(tiny_report_run):
+    return tiny_report_run
 
 
 def test_runner_saves_two_anomalous_and_two_normal_examples_inside_the_threat_model(tiny_run):

@@ -12,15 +12,14 @@ import pytest
 
 from robustad.bench.cli import main
 from robustad.bench.report import write_report
-from tests.report_records import TINY, crafted, tiny_results, write_records
+from tests.report_records import TINY, crafted, write_records
 
 FLAGGING = ("black-box", "composite", "inverted", "missing")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(mvtec_root, tmp_path_factory):
-    results = tmp_path_factory.mktemp("report-results")
-    return results, tiny_results(mvtec_root, results)
+@pytest.fixture
+def tiny_run(tiny_report_run):
+    return tiny_report_run
 
 
 class Page(html.parser.HTMLParser):
