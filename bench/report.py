@@ -102,6 +102,16 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
+def dataset_tree_categories(dataset: str, root) -> list[str]:
+    """The categories of a dataset's tree, or [] where it cannot be read here (another machine's path)."""
+    from robustad.datasets import list_categories
+
+    try:
+        return list(list_categories(dataset, root))
+    except (OSError, ValueError, KeyError, LookupError, RuntimeError):
+        return []
+
+
 def record_href(record: Record, prefix: str) -> str:
     return f"{prefix}records/{record.cell_id}.json"
 
@@ -133,12 +143,24 @@ class ReportBuilder:
         self.reference = reference
         self.flags: list[Flag] = attack_flags(records, margin) + profile_flags(records)
         self.datasets = sorted({r.dataset for r in records}, key=lambda d: (dataset_table_order(d), d))
+        self._expected: dict[str, list[str]] = {}
 
     def of_dataset(self, dataset: str) -> list[Record]:
         return [r for r in self.records if r.dataset == dataset]
 
     def categories(self, dataset: str) -> list[str]:
+        """The categories with records (each has a page)."""
         return sorted({r.category for r in self.of_dataset(dataset)})
+
+    def expected_categories(self, dataset: str) -> list[str]:
+        """What a dataset mean should average: the categories with records and those of the dataset's tree
+        where it can be read here (a mean over 2 of MVTec's 15 categories is not the paper's mean)."""
+        if dataset not in self._expected:
+            found = set(self.categories(dataset))
+            for root in sorted({r.root for r in self.of_dataset(dataset)}, key=str):
+                found.update(dataset_tree_categories(dataset, root))
+            self._expected[dataset] = sorted(found)
+        return self._expected[dataset]
 
     def rows(self, records: list[Record]) -> list[tuple[str, str]]:
         return sorted({row_key(r) for r in records}, key=lambda k: (method_table_order(k[0].partition(" (")[0]), k))
@@ -183,7 +205,7 @@ class ReportBuilder:
         metric = TASK_METRIC[task]
         if all(r.metric("clean", metric) is None and r.metric("adversarial", metric) is None for r in records):
             return None
-        categories = self.categories(dataset)
+        categories = self.expected_categories(dataset)
         columns = self.columns(records)
         rows = []
         for key in self.rows(records):
@@ -192,9 +214,9 @@ class ReportBuilder:
             clean, missing = self.mean_value(mine, categories, "clean", metric, f"{page}#{task}")
             row_flags = [f for f in self.flags if f.dataset == dataset and f.method == key[0]
                          and f.profile in (None, key[1]) and f.task in (None, task)]
+            incomplete = defaultdict(list)  # missing categories -> the values that lack them
             if missing and clean.number is not None:
-                row_flags.append(missing_flag(dataset, key[0], f"{task.upper()} clean", missing, len(categories),
-                                              [r.cell_id for r in mine], task, key[1]))
+                incomplete[tuple(missing)].append(("clean", [r.cell_id for r in mine]))
             paper_clean = self.paper(key, dataset, "mean", task, None, mine)
             clean.paper_number = getattr(paper_clean, "clean", None)
             clean.paper = paper_clean
@@ -206,11 +228,14 @@ class ReportBuilder:
                     continue
                 value, missing = self.mean_value(theirs, categories, "adversarial", metric, f"{page}#{task}")
                 if missing and value.number is not None:
-                    row_flags.append(missing_flag(dataset, key[0], f"{task.upper()} {column.label}", missing,
-                                                  len(categories), [r.cell_id for r in theirs], task, key[1]))
+                    incomplete[tuple(missing)].append((column.label, [r.cell_id for r in theirs]))
                 value.paper = self.paper(key, dataset, "mean", task, column, theirs)
                 value.paper_number = getattr(value.paper, "adversarial", None)
                 attacked.append(value)
+            for missing, values in incomplete.items():
+                what = f"{task.upper()} {', '.join(label for label, _ in values)}"
+                ids = sorted({i for _, cell_ids in values for i in cell_ids})
+                row_flags.append(missing_flag(dataset, key[0], what, list(missing), len(categories), ids, task, key[1]))
             numbers = [(v.number, c) for v, c in zip(attacked, columns) if v.number is not None]
             if numbers:
                 worst_number, worst_column = min(numbers, key=lambda nc: nc[0])
@@ -225,6 +250,7 @@ class ReportBuilder:
             row["rank"] = rank
         return {"dataset": dataset, "dataset_name": dataset_display_name(dataset), "task": task,
                 "task_name": TASK_NAMES[task], "columns": columns, "rows": rows, "categories": categories,
+                "run_categories": self.categories(dataset),
                 "anchor": slug(dataset, task)}
 
     # -- drill-downs ---------------------------------------------------------------------------

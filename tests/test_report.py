@@ -154,6 +154,10 @@ def test_an_inverted_map_and_a_missing_category_are_flagged(tiny_run, tmp_path):
     index = (site / "index.html").read_text()
     assert "mean over 1 of 2 categories, without beta" in index
     assert re.search(r'<a class="value" [^>]*>[0-9.]+\*</a>', index)  # the incomplete mean is starred
+    # a category of the dataset's tree without any record is missing too (the mean is not the dataset's)
+    site = report(write_records(tmp_path / "alpha-only", [r for r in paper if r.category == "alpha"]), tmp_path / "s3")
+    assert flag_kinds(site) == {"missing"}
+    assert "mean over 1 of 2 categories, without beta" in (site / "index.html").read_text()
 
 
 def test_leaderboard_ranks_by_worst_adversarial_auroc(tiny_run, tmp_path):
