@@ -222,8 +222,10 @@ def cmd_table(args) -> int:
     if args.grid:
         from robustad.bench.grid_table import write_grid_table
 
-        if filters:
-            raise ValueError(f"--{next(iter(filters))}: not with --grid (the grid chooses the records)")
+        extra = [name for name in filters if name != "profile"]
+        if extra:
+            raise ValueError(f"--{extra[0]}: not with --grid (the grid chooses the records; --profile may "
+                             f"choose another profile than the grid's)")
         return write_grid_table(args, records, reference)
     text = build_table(records, layout=args.layout, task=args.task, fmt=args.format, reference=reference,
                        **filters) if records else None

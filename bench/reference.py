@@ -4,7 +4,8 @@
 Nafez et al., CVPR 2025, Tables 1–21; see its README); `load_reference(path)` reads a user's CSV in
 one of the same two formats, so a defense's own paper can be compared:
 
-- results format: `table,method,dataset,category,task,attack,clean,adversarial,norm,eps[,metric,paper_label,note]`
+- results format: `table,method,dataset,category,task,attack,clean,adversarial,norm,eps[,metric,paper_label,note,config]`
+  (`config`, optional: the method's `--config` overrides the row was measured with)
 - ablations format: `table,variant,config,dataset,task,attack,norm,eps,clean,adversarial` (method
   `patchguard`, category `mean`; `config` is the `--config` override, `KEY=VALUE` separated by
   spaces; a config in parentheses names a variant robustad cannot run).
@@ -18,6 +19,8 @@ No torch here: `bench table` and `bench grid` import this at once.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -72,8 +75,8 @@ class ReferenceRow:
     config_text: str = ""
     line: int = 0
 
-    def config_key(self) -> tuple | None:
-        return None if self.config is None else config_key(self.config)
+    def config_key(self, defaults: dict | None = None) -> tuple | None:
+        return None if self.config is None else config_key(self.config, defaults)
 
 
 def _normal_value(value):
@@ -97,9 +100,12 @@ def _normal_value(value):
     return text.lower()
 
 
-def config_key(config: dict | None) -> tuple:
-    """Config overrides as a comparable key: `{"alpha": 0}` and `{"alpha": "0.0"}` are one key."""
-    return tuple(sorted((str(k), _normal_value(v)) for k, v in (config or {}).items()))
+def config_key(config: dict | None, defaults: dict | None = None) -> tuple:
+    """Config overrides as a comparable key: `{"alpha": 0}` and `{"alpha": "0.0"}` are one key; with the
+    method's `defaults`, an override equal to its default is left out (`alpha=1` is PatchGuard itself)."""
+    defaults = defaults or {}
+    return tuple(sorted((str(k), _normal_value(v)) for k, v in (config or {}).items()
+                        if k not in defaults or _normal_value(v) != _normal_value(defaults[k])))
 
 
 def parse_config_text(text: str) -> tuple[dict | None, str]:
@@ -144,7 +150,9 @@ def _row(fields: dict, kind: str, line: int) -> ReferenceRow:
     eps_text = fields["eps"].strip() or "8/255"
     if kind == "results":
         method, category = fields["method"].strip(), fields["category"].strip() or "mean"
-        config, config_text, note = {}, "", (fields.get("note") or "").strip()
+        config_text = (fields.get("config") or "").strip()
+        config, config_note = parse_config_text(config_text)
+        note = "; ".join(n for n in ((fields.get("note") or "").strip(), config_note) if n)
         label = (fields.get("paper_label") or "").strip() or method
     else:
         method, category = ABLATION_METHOD, "mean"
@@ -208,14 +216,20 @@ class Reference:
     def __post_init__(self):
         self.rows = sorted(self.rows, key=lambda r: (_table_number(r.value.table), r.line))
 
+    @property
+    def short_name(self) -> str:
+        """How a table names these figures beside measured ones: "paper" or "ref"."""
+        return "paper" if self.source == PAPER_SOURCE else "ref"
+
     def tables(self) -> list[str]:
         return list(dict.fromkeys(r.value.table for r in self.rows))
 
     def matching(self, *, method: str | None = None, dataset: str | None = None, category: str | None = None,
                  task: str | None = None, attack: str | None = None, steps: int | None = None,
                  norm: str | None = None, eps: str | float | None = None, config: dict | None = None,
-                 table: str | None = None, any_config: bool = False) -> list[ReferenceRow]:
-        """Every row that fits the given keys (None: any), in table order."""
+                 table: str | None = None, any_config: bool = False,
+                 defaults: dict | None = None) -> list[ReferenceRow]:
+        """Every row that fits the given keys (None: any), in table order; `defaults`: see `lookup`."""
         wanted_task = _task(task) if task is not None else None
         wanted_attack, wanted_steps = (None, None)
         if attack is not None:
@@ -223,7 +237,7 @@ class Reference:
             if steps is not None:
                 wanted_steps = int(steps)
         wanted_eps = parse_number(eps) if eps is not None else None
-        wanted_config = config_key(config)
+        wanted_config = config_key(config, defaults)
         found = []
         for row in self.rows:
             if table is not None and row.value.table.lower() != table.lower():
@@ -242,25 +256,46 @@ class Reference:
                 continue
             if wanted_eps is not None and not math.isclose(row.eps, wanted_eps, rel_tol=1e-4, abs_tol=1e-6):
                 continue
-            if not any_config and row.config_key() != wanted_config:
+            if not any_config and row.config_key(defaults) != wanted_config:
                 continue
             found.append(row)
         return found
 
     def lookup(self, *, method: str, dataset: str, category: str, task: str, attack: str, norm: str = "linf",
                eps: str = "8/255", config: dict | None = None, steps: int | None = None,
-               table: str | None = None) -> ReferenceValue | None:
+               table: str | None = None, defaults: dict | None = None) -> ReferenceValue | None:
         """The published figure of one cell (category "mean" for a dataset's mean), or None.
 
         task: detection|localization (or AD|AL); attack as named in a grid, e.g. "pgd-1000" (or "pgd"
         with steps=1000): a figure for PGD-1000 is never matched to PGD-20. config: the cell's
         `--config` overrides (None or {} for the method's defaults). Where several tables give the
         cell (PatchGuard's MVTec mean is in Tables 1, 3, 4 and 5), the lowest-numbered table wins
-        unless `table` names one.
+        unless `table` names one. `defaults` (the method's config as a dict) makes an override equal to
+        its default count as none on both sides: Table 5's `alpha=1` row is the default PatchGuard.
         """
         rows = self.matching(method=method, dataset=dataset, category=category, task=task, attack=attack,
-                             steps=steps, norm=norm, eps=eps, config=config, table=table)
+                             steps=steps, norm=norm, eps=eps, config=config, table=table, defaults=defaults)
         return rows[0].value if rows else None
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(method: str, profile: str) -> tuple | None:
+    try:
+        from robustad.methods import method_config
+
+        config = method_config(method, profile=profile)
+    except (KeyError, ValueError, ImportError, AttributeError, TypeError):
+        return None
+    if not dataclasses.is_dataclass(config):
+        return None
+    return tuple((f.name, getattr(config, f.name)) for f in dataclasses.fields(config))
+
+
+def method_defaults(method: str, profile: str) -> dict | None:
+    """The method's config at a profile as a dict (for `lookup(defaults=...)`), None for a method
+    without one. Imports the methods (torch)."""
+    found = _defaults(method, profile)
+    return None if found is None else dict(found)
 
 
 def load_reference(source: str) -> Reference:

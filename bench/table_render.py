@@ -2,7 +2,9 @@
 
 A `Table` holds plain cells: leading row labels (str), then values; a value cell is a `Value` or a
 list of them, shown joined by " / " (PatchGuard's "clean / adversarial"). `–` marks a missing value,
-`*` one averaged over fewer items than its peers, and bold the value a layout singles out.
+`*` one averaged over fewer items than its peers, and bold the value a layout singles out. A
+`Compared` value carries a published figure beside the measured one: "61.2 (paper 62.0, −0.8)",
+the difference measured minus published; in CSV, three columns (value, paper, difference).
 """
 from __future__ import annotations
 
@@ -29,6 +31,36 @@ class Value:
         return f"{self.number:.1f}" + ("" if self.complete else INCOMPLETE)
 
 
+@dataclass(frozen=True)
+class Compared:
+    """A measured value beside a published one (`reference` None: none published); `source` names it."""
+
+    measured: Value
+    reference: float | None
+    source: str = "paper"
+
+    @property
+    def difference(self) -> float | None:
+        if self.measured.number is None or self.reference is None:
+            return None
+        return round(self.measured.number, 1) - round(self.reference, 1)
+
+    def reference_text(self) -> str:
+        return MISSING if self.reference is None else f"{self.reference:.1f}"
+
+    def difference_text(self) -> str:
+        difference = self.difference
+        if difference is None:
+            return MISSING
+        return f"{difference:+.1f}".replace("-", MINUS) if abs(difference) >= 0.05 else "±0.0"
+
+    def text(self) -> str:
+        return _part_text(self, "text")
+
+
+MINUS = "−"
+
+
 @dataclass
 class Table:
     """Plain text cells; a cell is a list of parts joined by " / ", each a label or a Value."""
@@ -46,11 +78,18 @@ class Table:
 def _latex_text(text: str) -> str:
     specials = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                "ε": r"$\epsilon$", "∞": r"$\infty$", "³": r"\textsuperscript{3}", "–": "--", "×": r"$\times$"}
+                "ε": r"$\epsilon$", "∞": r"$\infty$", "³": r"\textsuperscript{3}", "–": "--", "×": r"$\times$",
+                MINUS: r"$-$", "±": r"$\pm$"}
     return "".join(specials.get(ch, ch) for ch in text)
 
 
 def _part_text(part, fmt: str) -> str:
+    if isinstance(part, Compared):
+        if part.reference is None:
+            return _part_text(part.measured, fmt)
+        beside = f"({part.source} {part.reference_text()}" + (
+            ")" if part.measured.number is None else f", {part.difference_text()})")
+        return _part_text(part.measured, fmt) + " " + (_latex_text(beside) if fmt == "latex" else beside)
     if not isinstance(part, Value):
         return _latex_text(str(part)) if fmt == "latex" else str(part)
     text = part.text()
@@ -95,14 +134,30 @@ def _csv_frame(tables: list[Table]) -> pd.DataFrame:
     table = tables[0]
     cells = [row for t in tables for g in t.groups for row in g]
     widths = [max((len(row[i]) if isinstance(row[i], list) else 1) for row in cells) for i in range(len(table.header))]
-    columns = [f"{name} {table.part_names[j]}" if width > 1 else name
-               for name, width in zip(table.header, widths) for j in range(width)]
+    compared = [any(isinstance(p, Compared) for row in cells
+                    for p in (row[i] if isinstance(row[i], list) else [row[i]])) for i in range(len(table.header))]
+    source = next((p.source for row in cells for c in row for p in (c if isinstance(c, list) else [c])
+                   if isinstance(p, Compared)), "paper")
+    columns = []
+    for name, width, with_reference in zip(table.header, widths, compared):
+        for j in range(width):
+            column = f"{name} {table.part_names[j]}" if width > 1 else name
+            columns += [column, f"{column} {source}", f"{column} difference"] if with_reference else [column]
     rows = []
     for row in cells:
         texts = []
-        for cell, width in zip(row, widths):
+        for cell, width, with_reference in zip(row, widths, compared):
             parts = cell if isinstance(cell, list) else [cell]
-            texts += [_part_text(p, "csv") for p in parts] + [""] * (width - len(parts))
+            parts = parts + [None] * (width - len(parts))
+            for p in parts:
+                if not with_reference:
+                    texts.append("" if p is None else _part_text(p, "csv"))
+                elif isinstance(p, Compared):
+                    reference = "" if p.reference is None else f"{p.reference:.1f}"
+                    difference = "" if p.difference is None else f"{p.difference:.1f}"
+                    texts += [_part_text(p.measured, "csv"), reference, difference]
+                else:
+                    texts += ["" if p is None else _part_text(p, "csv"), "", ""]
         rows.append(texts)
     return pd.DataFrame(rows, columns=columns)
 

@@ -35,7 +35,8 @@ from robustad.bench.display_names import (attack_display_name, attack_table_orde
                                           dataset_table_order, method_display_name, method_table_order)
 from robustad.bench.record_loading import load_records, unique_cells
 from robustad.bench.records import Record, records_dir
-from robustad.bench.table_render import INCOMPLETE, Table, Value, render
+from robustad.bench.reference import method_defaults
+from robustad.bench.table_render import INCOMPLETE, Compared, Table, Value, render
 from robustad.core.files import write_text_atomic
 from robustad.core.parsing import parse_eps
 
@@ -217,6 +218,49 @@ def _bold_extreme(values: list[Value], highest: bool) -> list[Value]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Published figures beside measured ones (`--reference`)
+
+
+def reference_for(reference, record: Record, setting: AttackSetting, *, dataset: str, category: str, task: str):
+    """The published figure of what `record`'s method and config under `setting` gave, or None."""
+    if reference is None or setting.objective != TASK_OBJECTIVE[task]:
+        return None  # AD figures are compared under the detection objective, AL under localization
+    return reference.lookup(method=record.method, dataset=dataset, category=category, task=TASK_OBJECTIVE[task],
+                            attack=setting.attack, steps=None if setting.steps < 0 else setting.steps,
+                            norm=setting.norm, eps=setting.eps_text, config=record.config_overrides,
+                            defaults=method_defaults(record.method, record.profile))
+
+
+def beside(value: Value, reference, published, phase: str):
+    """`value` with the published figure of `phase` beside it (unchanged without --reference)."""
+    if reference is None:
+        return value
+    return Compared(value, getattr(published, phase) if published is not None else None, reference.short_name)
+
+
+def _reference_note(reference) -> str:
+    if reference is None:
+        return ""
+    return (f" Beside each value, in parentheses: the published figure ({reference.short_name}: {reference.source}) "
+            f"and the difference, measured minus published.")
+
+
+def _average_reference(reference, record: Record, setting: AttackSetting, task: str, datasets: set[str]):
+    """The published mean over datasets, where the measured mean covers the same datasets."""
+    if reference is None:
+        return None
+    published = reference.matching(method=record.method, category="mean", task=TASK_OBJECTIVE[task],
+                                   attack=setting.attack, steps=None if setting.steps < 0 else setting.steps,
+                                   norm=setting.norm, eps=setting.eps_text, config=record.config_overrides,
+                                   defaults=method_defaults(record.method, record.profile))
+    average = next((row for row in published if row.dataset == "average"), None)
+    if average is None:
+        return None
+    covered = {row.dataset for row in published if row.value.table == average.value.table and row.dataset != "average"}
+    return average.value if covered == datasets else None
+
+
+# ---------------------------------------------------------------------------------------------
 # Layouts
 
 
@@ -269,7 +313,8 @@ def _methods(records) -> list[str]:
 
 
 def _incomplete_note(rows, what: str) -> str:
-    values = [p for row in rows for cell in row for p in (cell if isinstance(cell, list) else [cell])]
+    values = [getattr(p, "measured", p) for row in rows for cell in row
+              for p in (cell if isinstance(cell, list) else [cell])]
     return f" {INCOMPLETE}: a mean over fewer {what} than the others." if any(
         isinstance(v, Value) and v.number is not None and not v.complete for v in values) else ""
 
@@ -286,13 +331,15 @@ def _selection_note(n_settings: int) -> str:
             f"choose another with the attack, steps, objective, norm, eps and profile filters.")
 
 
-def _methods_tables(records, task, filters) -> list[Table]:
+def _methods_tables(records, task, filters, reference=None) -> list[Table]:
     chosen = _filtered(records, filters)
     setting, n_settings = _most_common(chosen, AttackSetting.of, lambda s: s.objective == TASK_OBJECTIVE[task])
     chosen = [r for r in chosen if AttackSetting.of(r) == setting]
     metric = TASK_METRIC[task]
     methods = _methods(chosen)
     rows, per_method = [], {m: {"clean": [], "adversarial": []} for m in methods}
+    example = {m: next(r for r in chosen if r.method_label == m) for m in methods}
+    measured_datasets = {m: set() for m in methods}
     for dataset_label, of_dataset in _dataset_groups(chosen):
         n_categories = len({r.category for r in of_dataset})
         cells = {}
@@ -307,7 +354,15 @@ def _methods_tables(records, task, filters) -> list[Table]:
             for phase in ("clean", "adversarial"):
                 per_method[method][phase].append(cells[method][phase])
         adversarial = _bold_extreme([cells[m]["adversarial"] for m in methods], highest=True)
-        rows.append([dataset_label] + [[cells[m]["clean"], a] for m, a in zip(methods, adversarial)])
+        dataset = of_dataset[0].dataset
+        published = {m: reference_for(reference, example[m], setting, dataset=dataset, category="mean", task=task)
+                     for m in methods}
+        for m in methods:
+            if cells[m]["adversarial"].number is not None:
+                measured_datasets[m].add(dataset)
+        rows.append([dataset_label] + [[beside(cells[m]["clean"], reference, published[m], "clean"),
+                                        beside(a, reference, published[m], "adversarial")]
+                                       for m, a in zip(methods, adversarial)])
     if not rows:
         raise ValueError(f"no {metric} values in the selected records ({setting.describe()})")
 
@@ -323,17 +378,20 @@ def _methods_tables(records, task, filters) -> list[Table]:
         n_datasets = sum(any(per_method[m][phase][i].number is not None for m in methods) for i in range(len(rows)))
         averages[phase] = [average(per_method[m][phase], n_datasets) for m in methods]
     adversarial = _bold_extreme(averages["adversarial"], highest=True)
-    average_row = ["Average"] + [[c, a] for c, a in zip(averages["clean"], adversarial)]
+    published = {m: _average_reference(reference, example[m], setting, task, measured_datasets[m]) for m in methods}
+    average_row = ["Average"] + [[beside(c, reference, published[m], "clean"),
+                                  beside(a, reference, published[m], "adversarial")]
+                                 for m, c, a in zip(methods, averages["clean"], adversarial)]
     what = "Detection (image" if task == "ad" else "Localization (pixel"
     caption = (f"{what} AUROC, %) as clean / adversarial under {setting.describe()}; a dataset's value is the "
                f"mean over its categories; the best adversarial value of each row is bold."
                + _incomplete_note(rows + [average_row], "categories or datasets") + _selection_note(n_settings)
-               + _failures_note(chosen))
+               + _failures_note(chosen) + _reference_note(reference))
     return [Table(caption, ["Dataset"] + [method_name(m) for m in methods], [rows, [average_row]],
                   f"tab:robustad-methods-{task}")]
 
 
-def _categories_tables(records, filters) -> list[Table]:
+def _categories_tables(records, filters, reference=None) -> list[Table]:
     chosen = _filtered(records, filters)
     setting, n_settings = _most_common(chosen, AttackSetting.of)
     chosen = [r for r in chosen if AttackSetting.of(r) == setting]
@@ -347,13 +405,23 @@ def _categories_tables(records, filters) -> list[Table]:
                 continue
             means = [_category_means(mine, phase, metric) for phase, metric in columns]
             categories = sorted(means[0])
-            rows = [[method_name(method), dataset_label, category_name(c)] + [Value(m[c]) for m in means]
-                    for c in categories]
-            average = [Value(_mean(m.values()), complete=all(v is not None for v in m.values())) for m in means]
+            tasks = ["ad" if metric == "image_auroc" else "al" for _, metric in columns]
+
+            def published(category, values):
+                return [beside(value, reference, reference_for(reference, mine[0], setting, dataset=mine[0].dataset,
+                                                               category=category, task=task), phase)
+                        for value, task, (phase, _) in zip(values, tasks, columns)]
+
+            rows = []
+            for c in categories:
+                values = [Value(m[c]) for m in means]
+                rows.append([method_name(method), dataset_label, category_name(c)] + published(c, values))
+            values = [Value(_mean(m.values()), complete=all(v is not None for v in m.values())) for m in means]
+            average = published("mean", values)
             caption = (f"Per-category AUROC (%) of {method_name(method)} on {dataset_label}, clean and "
                        f"adversarial, under {setting.describe()}." + _incomplete_note([average], "categories")
                        + _selection_note(n_settings)
-                       + _failures_note(mine))
+                       + _failures_note(mine) + _reference_note(reference))
             tables.append(Table(caption, ["Method", "Dataset", "Category", "Image clean", "Image adversarial",
                                           "Pixel clean", "Pixel adversarial"],
                                 [rows, [[method_name(method), dataset_label, "Average"] + average]],
@@ -364,7 +432,7 @@ def _categories_tables(records, filters) -> list[Table]:
     return tables
 
 
-def _attacks_tables(records, filters) -> list[Table]:
+def _attacks_tables(records, filters, reference=None) -> list[Table]:
     chosen = _filtered(records, filters)
     profile, _ = _most_common(chosen, lambda r: r.profile)
     chosen = [r for r in chosen if r.profile == profile]
@@ -396,7 +464,12 @@ def _attacks_tables(records, filters) -> list[Table]:
                 if clean.number is None and all(v.number is None for v in attacked) and not _failures_note(mine):
                     continue
                 labels = ([method_name(method)] if len(methods) > 1 else []) + [dataset_label, task.upper()]
-                group.append(labels + [clean] + _bold_extreme(attacked, highest=False))
+                published = [reference_for(reference, mine[0], s, dataset=mine[0].dataset, category="mean", task=task)
+                             for s in settings]
+                clean_published = next((p for p in published if p is not None and p.clean is not None), None)
+                group.append(labels + [beside(clean, reference, clean_published, "clean")]
+                             + [beside(v, reference, p, "adversarial")
+                                for v, p in zip(_bold_extreme(attacked, highest=False), published)])
             if group:
                 groups.append(group)
     if not groups:
@@ -407,20 +480,22 @@ def _attacks_tables(records, filters) -> list[Table]:
     fixed += [f"{common.objective} objective"] if "objective" not in varying else []
     caption = (f"AUROC (%) under each attack (profile {profile}" + "".join(f", {f}" for f in fixed) + "); AD: image "
                "AUROC, AL: pixel AUROC; the strongest attack of each row (lowest AUROC) is bold."
-               + _incomplete_note([row for g in groups for row in g], "categories") + _failures_note(chosen))
+               + _incomplete_note([row for g in groups for row in g], "categories") + _failures_note(chosen)
+               + _reference_note(reference))
     return [Table(caption, header, groups, "tab:robustad-attacks")]
 
 
 def build_table(records: list[dict], *, layout: str = "methods", task: str = "ad", fmt: str = "latex",
                 method: str | None = None, dataset: str | None = None, attack: str | None = None,
                 steps: int | None = None, objective: str | None = None, norm: str | None = None,
-                eps: float | str | None = None, profile: str | None = None) -> str:
+                eps: float | str | None = None, profile: str | None = None, reference=None) -> str:
     """The table of `records` in a layout (methods|categories|attacks) and format (latex|markdown|csv).
 
     task: ad (image AUROC) or al (pixel AUROC), used by the `methods` layout. The keyword filters
     keep only matching records (`attack` may carry its steps, e.g. "pgd-1000"; `eps` a number or
     "8/255"); see the module docstring for what each layout does with several attack settings.
-    LaTeX uses booktabs rules. Raises ValueError when no record matches.
+    LaTeX uses booktabs rules. Raises ValueError when no record matches. `reference`
+    (`bench/reference.py`'s `Reference`) puts the published figure and the difference beside each value.
     """
     for name, value, valid in (("layout", layout, LAYOUTS), ("task", task, TASKS), ("fmt", fmt, FORMATS)):
         if value not in valid:
@@ -428,30 +503,32 @@ def build_table(records: list[dict], *, layout: str = "methods", task: str = "ad
     filters = dict(method=method, dataset=dataset, attack=attack, steps=steps, objective=objective, norm=norm,
                    eps=eps, profile=profile)
     if layout == "methods":
-        tables = _methods_tables(records, task, filters)
+        tables = _methods_tables(records, task, filters, reference)
     elif layout == "categories":
-        tables = _categories_tables(records, filters)
+        tables = _categories_tables(records, filters, reference)
     else:
-        tables = _attacks_tables(records, filters)
+        tables = _attacks_tables(records, filters, reference)
     return render(tables, fmt)
 
 
-def table_path(results_dir, layout: str, task: str, fmt: str) -> Path:
-    """`<results>/tables/<layout>[_<task>].<tex|md|csv>` (the task only for the methods layout)."""
+def table_path(results_dir, layout: str, task: str, fmt: str, reference=None) -> Path:
+    """`<results>/tables/<layout>[_<task>][_vs_<paper|ref>].<tex|md|csv>` (the task only for the methods
+    layout; the suffix with `--reference`)."""
     name = f"{layout}_{task}" if layout == "methods" else layout
+    name += f"_vs_{reference.short_name}" if reference is not None else ""
     return Path(results_dir).expanduser().resolve() / "tables" / f"{name}.{EXTENSIONS[fmt]}"
 
 
 def write_tables(results_dir, layout: str = "methods", task: str = "ad", fmt: str = "latex", *,
-                 records: list[dict] | None = None, **filters) -> list[Path]:
+                 records: list[dict] | None = None, reference=None, **filters) -> list[Path]:
     """Builds the table from the records under `results_dir` (or `records`) and writes it under
     `<results>/tables/`; returns the paths written. Bad record files are skipped (see `load_records`)."""
     if records is None:
         records, _ = load_records(results_dir)
     if not records:
         raise ValueError(f"no usable result records under {records_dir(Path(results_dir))}; run `bench run` first")
-    text = build_table(records, layout=layout, task=task, fmt=fmt, **filters)
-    path = table_path(results_dir, layout, task, fmt)
+    text = build_table(records, layout=layout, task=task, fmt=fmt, reference=reference, **filters)
+    path = table_path(results_dir, layout, task, fmt, reference)
     write_text_atomic(path, text)
     return [path]
 

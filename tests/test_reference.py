@@ -54,6 +54,18 @@ def test_variants_robustad_cannot_run_stay_in_the_data_without_a_config():
     assert config_key({"alpha": "1"}) == config_key({"alpha": 1.0})
 
 
+def test_an_override_equal_to_the_methods_default_is_the_default_model():
+    reference = load_reference("paper")
+    defaults = {"alpha": 1.0, "reg_layers": (-1,), "train_eps": 8 / 255}
+    mvtec = dict(method="patchguard", dataset="mvtec", category="mean", task="detection", attack="pgd-1000")
+    assert reference.lookup(**mvtec, table="T5") is None  # the row says alpha=1, the record nothing
+    assert reference.lookup(**mvtec, table="T5", defaults=defaults).label == "1 (Ours)"
+    assert reference.lookup(**mvtec, table="T12", defaults=defaults).label == "layer N (last, ours)"
+    assert reference.lookup(**mvtec, config={"alpha": 1}, defaults=defaults).table == "T1"
+    assert reference.lookup(**mvtec, config={"alpha": 0}, defaults=defaults).label == "0"
+    assert config_key({"train_eps": "8/255", "alpha": "2"}, defaults) == (("alpha", 2.0),)
+
+
 def test_a_users_csv_is_a_reference_too(tmp_path):
     path = tmp_path / "mine.csv"
     path.write_text(USER_CSV)
