@@ -24,12 +24,21 @@ def load_reference_or_none(source: str | None, log=print):
 
 
 def reference_value(reference, *, method: str, dataset: str, category: str, task: str, attack: str, norm: str,
-                    eps: str, config: dict | None):
-    """The reference's value (`.clean`, `.adversarial`, `.table`, `.label`, `.note`) or None."""
+                    eps: str, config: dict | None, profile: str = "paper"):
+    """The reference's value (`.clean`, `.adversarial`, `.table`, `.label`, `.note`) or None.
+
+    An override equal to the method's default (at the record's profile) counts as none, as in
+    `bench table --reference`."""
     if reference is None:
         return None
     try:
+        from robustad.bench.reference import method_defaults
+    except ImportError:  # an older reference module: overrides are compared as given
+        method_defaults = None
+    try:
+        defaults = method_defaults(method, profile) if method_defaults else None
+        extra = {"defaults": defaults} if defaults is not None else {}
         return reference.lookup(method=method, dataset=dataset, category=category, task=task, attack=attack,
-                                norm=norm, eps=eps, config=config or None)
+                                norm=norm, eps=eps, config=config or None, **extra)
     except (KeyError, ValueError):
         return None

@@ -184,7 +184,8 @@ class ReportBuilder:
             found = reference_value(
                 self.reference, method=sample.method if sample else key[0], dataset=dataset, category=category,
                 task=task, attack=attack, norm=column.setting.norm if column else "linf",
-                eps=column.setting.eps_text if column else "8/255", config=sample.config_overrides if sample else None)
+                eps=column.setting.eps_text if column else "8/255", config=sample.config_overrides if sample else None,
+                profile=key[1])
             if found is not None:
                 return found
         return None
