@@ -118,7 +118,8 @@ def attack_flags(records: list[Record], margin: float = 1.0) -> list[Flag]:
                 clean = record.metric("clean", metric)
                 if clean is not None and clean < 50 and (task, record.checkpoint_sha256 or record.cell_id) not in seen:
                     seen.add((task, record.checkpoint_sha256 or record.cell_id))
-                    flags.append(Flag("inverted", f"{task.upper()}: clean AUROC {_pct(clean)} < 50, the map ranks "
+                    ranks = "the image scores rank" if task == "ad" else "the map ranks"
+                    flags.append(Flag("inverted", f"{task.upper()}: clean AUROC {_pct(clean)} < 50, {ranks} "
                                       f"normal above anomalous", dataset, category, method, (record.cell_id,), task,
                                       profile))
     return flags
