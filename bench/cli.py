@@ -6,6 +6,8 @@
     bench table --results DIR --format latex|markdown|csv --layout methods|categories|attacks
     bench table --grid paper/table1 [--reference paper|FILE]               as the paper lays it out
     bench grid  list | show NAME [--root dataset=DIR ...]                  cells, trainings, not runnable
+    bench figure maps|strength|attention-degree ...                      Figure 1, strength curves, Figure 2
+    bench report --results DIR --out site/                                 static HTML report
     bench status --results DIR                                             done/running/failed/pending groups
     bench list  [methods|attacks|datasets]
     bench check --method M --dataset D [--category C]                      soundness checks
@@ -329,6 +331,35 @@ def cmd_attention_degree(args) -> int:
     return 0
 
 
+def add_attention_degree_arguments(degree: argparse.ArgumentParser) -> None:
+    degree.add_argument("--method", default="patchguard")
+    degree.add_argument("--dataset", required=True)
+    degree.add_argument("--root", default=None)
+    degree.add_argument("--category", default=None, help="default: the first category")
+    degree.add_argument("--attack", default="pgd")
+    degree.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    degree.add_argument("--eps", default="8/255", type=eps_argument)
+    degree.add_argument("--steps", type=int, default=None)
+    degree.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
+                        help="quick (default), long or paper (core/profiles.py)")
+    degree.add_argument("--seed", type=int, default=0)
+    degree.add_argument("--config", action="append", metavar="KEY=VALUE")
+    degree.add_argument("--layer", default="-1", help="1-based ViT block, negative from the end, or 'discriminator'")
+    degree.add_argument("--groups", type=int, default=5, help="clusters of images by attention degree (default 5)")
+    degree.add_argument("--results", default=DEFAULT_RESULTS)
+    degree.add_argument("--out", default=None, help="output folder (default: <results>/attention_degree/<cell>)")
+    degree.add_argument("--device", default="cpu")
+
+
+def cmd_report(args) -> int:
+    from robustad.bench.report import write_report
+
+    index = write_report(args.results, args.out, reference=args.reference, margin=args.margin, maps=args.maps,
+                         log=lambda m: print(m, file=sys.stderr))
+    print(index)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Adversarial robustness benchmark for anomaly detection and localization")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -396,25 +427,24 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--sha256", default=None, help="expected SHA-256 of the archive")
     data.set_defaults(func=cmd_data)
 
-    degree = sub.add_parser("attention-degree", help="attention degree vs vulnerability (the paper's Figure 2)")
-    degree.add_argument("--method", default="patchguard")
-    degree.add_argument("--dataset", required=True)
-    degree.add_argument("--root", default=None)
-    degree.add_argument("--category", default=None, help="default: the first category")
-    degree.add_argument("--attack", default="pgd")
-    degree.add_argument("--norm", default="linf", choices=["linf", "l2"])
-    degree.add_argument("--eps", default="8/255", type=eps_argument)
-    degree.add_argument("--steps", type=int, default=None)
-    degree.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
-                        help="quick (default), long or paper (core/profiles.py)")
-    degree.add_argument("--seed", type=int, default=0)
-    degree.add_argument("--config", action="append", metavar="KEY=VALUE")
-    degree.add_argument("--layer", default="-1", help="1-based ViT block, negative from the end, or 'discriminator'")
-    degree.add_argument("--groups", type=int, default=5, help="clusters of images by attention degree (default 5)")
-    degree.add_argument("--results", default=DEFAULT_RESULTS)
-    degree.add_argument("--out", default=None, help="output folder (default: <results>/attention_degree/<cell>)")
-    degree.add_argument("--device", default="cpu")
+    degree = sub.add_parser("attention-degree", help="attention degree vs vulnerability (the paper's Figure 2; "
+                                                     "also `bench figure attention-degree`)")
+    add_attention_degree_arguments(degree)
     degree.set_defaults(func=cmd_attention_degree)
+
+    from robustad.bench.figure_commands import add_figure_parser
+
+    add_figure_parser(sub, DEFAULT_RESULTS, add_attention_degree_arguments, cmd_attention_degree)
+
+    report = sub.add_parser("report", help="a static HTML report of a results folder (works from file://)")
+    report.add_argument("--results", default=DEFAULT_RESULTS)
+    report.add_argument("--out", default="site", help="output folder (default: site)")
+    report.add_argument("--reference", default="paper",
+                        help="published figures beside the measured ones: paper (default), a CSV file, or none")
+    report.add_argument("--margin", type=float, default=1.0,
+                        help="AUROC points an attack must win by before a flag is raised (default 1.0)")
+    report.add_argument("--no-maps", dest="maps", action="store_false", help="leave out the Figure 1 maps")
+    report.set_defaults(func=cmd_report)
 
     status = sub.add_parser("status", help="done / running / queued / failed / pending groups of a results folder")
     status.add_argument("--results", default=DEFAULT_RESULTS)

@@ -4,7 +4,7 @@ Records live in `<results>/records/<cell_id>.json`. `Record` is the schema: the 
 `Record.from_json` reads and validates it (`bench table`, `bench report`), the tables use its
 attributes. Numbers are stored as numbers; metrics are percentages, null where a dataset has no
 pixel masks. Fields added after the first records were written (`root`, `precision`, `device`,
-`attack_options`, `run`, ...) have defaults, so older files of schema 1 still load.
+`attack_options`, `run`, `examples`, ...) have defaults, so older files of schema 1 still load.
 """
 from __future__ import annotations
 
@@ -95,6 +95,7 @@ class Record:
     checkpoint_sha256: str | None = None
     weights: dict | None = None  # where given weights came from instead of training (e.g. the authors')
     run: dict | None = None  # who ran it: executor, worker, host, attempt, device
+    examples: str | None = None  # a few clean/adversarial images and maps (Figure 1), relative to the results folder
     error: str | None = None  # "Type: message" when the cell failed
     traceback: list | None = None
     schema: int = SCHEMA_VERSION

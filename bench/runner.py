@@ -29,6 +29,7 @@ from robustad.attacks import check_inside, create_attack
 from robustad.attacks.registry import takes_default_steps
 from robustad.attacks.batching import ChunkedAttack
 from robustad.bench.environment import git_revision, package_versions
+from robustad.bench.example_maps import ExampleCollector, save_examples
 from robustad.core.profiles import EVAL_SETTINGS, Profile
 from robustad.bench.records import Metrics, Record, is_done, now_iso, read_record, record_path, write_record
 from robustad.core.cache import cache_root
@@ -143,7 +144,8 @@ def autocast(device: torch.device, precision: str):
 
 
 def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.device, precision: str = "fp32",
-             max_images: int | None = None, progress: bool | None = None, calibration=None) -> dict[str, Any]:
+             max_images: int | None = None, progress: bool | None = None, calibration=None,
+             examples=None) -> dict[str, Any]:
     """Clean and adversarial scores and maps of the test set; checks every adversarial batch.
 
     Two passes. The clean pass scores every test image and calibrates the attack's two-class
@@ -152,7 +154,8 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
     calibration, so no batch is judged by its own images. An attack that needs the whole test set
     (`whole_test_set`, A³) gets every image in one call. `calibration` in the result is what the
     record stores as `attack_calibration`; `calibration` given replaces the clean pass's (a study
-    of other readings: `benchmarks/calibration_readings.py`).
+    of other readings: `benchmarks/calibration_readings.py`). `examples`, an `ExampleCollector`
+    (`bench/example_maps.py`), keeps a few clean and adversarial images and maps for Figure 1.
     """
     from robustad.attacks.calibration import UnitCalibration
     from robustad.attacks.objectives import Objective, unit_targets
@@ -172,6 +175,7 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
     units, targets, kept = [], [], []
     disable = None if progress is None else not progress
     detector.eval()
+    position = 0
     for batch in tqdm(loader, desc="clean", unit="batch", disable=disable, leave=False):
         images, masks, labels = batch["image"].to(device), batch["mask"].to(device), batch["label"].to(device)
         start = time.perf_counter()
@@ -182,6 +186,9 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
             out["clean_scores"].append(scores.cpu())
             out["clean_maps"].append(detector.anomaly_map(logits, size).cpu())
         seconds["clean"] += time.perf_counter() - start
+        if examples is not None:
+            examples.add_clean(position, batch["image"], batch["mask"], batch["label"], out["clean_maps"][-1])
+        position += len(labels)
         units.append((scores.view(-1, 1) if objective == Objective.DETECTION else logits.flatten(1)).cpu())
         targets.append(unit_targets(masks, labels, tuple(logits.shape[-2:]), objective).cpu())
         out["labels"].append(labels.cpu())
@@ -199,20 +206,25 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
         check_inside(adv.float(), images, attack.threat.norm, attack.threat.eps)
         return adv
 
-    def score_adversarial(adv):
+    def score_adversarial(adv, start):
         with torch.no_grad(), autocast(device, precision):
             raw = detector(adv)
             out["adv_scores"].append(detector.score(raw).float().cpu())
             out["adv_maps"].append(detector.anomaly_map(raw.float(), size).cpu())
+        if examples is not None:
+            examples.add_adversarial(start, adv, out["adv_maps"][-1])
 
     if whole:
         images, masks, labels = (torch.cat(parts).to(device) for parts in zip(*kept))
         adv = attacked(images, masks, labels)
         for start in range(0, len(adv), batch_size):
-            score_adversarial(adv[start:start + batch_size])
+            score_adversarial(adv[start:start + batch_size], start)
     else:
+        start = 0
         for batch in tqdm(loader, desc="attack", unit="batch", disable=disable, leave=False):
-            score_adversarial(attacked(batch["image"].to(device), batch["mask"].to(device), batch["label"].to(device)))
+            score_adversarial(attacked(batch["image"].to(device), batch["mask"].to(device), batch["label"].to(device)),
+                              start)
+            start += len(batch["label"])
     cat = {k: torch.cat(v).float().numpy() for k, v in out.items()}
     has_masks = getattr(test_set, "has_masks", True)
 
@@ -273,8 +285,10 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
     first = next(iter(DataLoader(test_set, batch_size=min(4, len(test_set)), shuffle=True,
                                  generator=torch.Generator().manual_seed(spec.seed))))
     checks = cheap_checks(detector, first["image"].to(torch_device), first["mask"].to(torch_device))
+    examples = ExampleCollector()
     result = evaluate(detector, test_set, attack, batch_size=batch_size, device=torch_device,
-                      precision=precision, max_images=settings.max_test_images, progress=progress)
+                      precision=precision, max_images=settings.max_test_images, progress=progress,
+                      examples=examples)
     checks["inside_threat_model"] = True  # evaluate() raises otherwise
     record = Record(
         **{**cell_fields(spec),
@@ -296,6 +310,7 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
         git_revision=git_revision(),
         checkpoint_sha256=file_sha256(ckpt) if ckpt.exists() else None,
         run=run_info or describe_run(device=device),
+        examples=save_examples_or_warn(results, cell_id, examples, log),
     )
     save_record(results, record, log)
     return record
@@ -316,6 +331,19 @@ def save_record(results: Path, record: Record, log) -> Path:
             raise err from None
         log(f"error: could not write the record under {results} ({err.strerror or err}); kept it at {path}")
         return path
+
+
+def save_examples_or_warn(results: Path, cell_id: str, examples: ExampleCollector, log) -> str | None:
+    """Writes the cell's example maps (Figure 1); a failure to write them costs the figure, not the record."""
+    arrays = examples.arrays()
+    if arrays is None:
+        return None
+    try:
+        return save_examples(results, cell_id, arrays)
+    except OSError as err:
+        log(f"warning: could not save the example maps of {cell_id} ({err.strerror or err}); "
+            f"`bench figure maps` will not have them")
+        return None
 
 
 def check_room_for_checkpoint(results: Path, detector) -> None:

@@ -40,3 +40,13 @@ def trained_tiny(mvtec_root):
     masks = torch.stack([b["mask"] for b in batch])
     labels = torch.tensor([b["label"] for b in batch])
     return detector, images, masks, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_report_run(mvtec_root, tmp_path_factory):
+    """(results folder, records) of the tiny detector's 2 categories × (FGSM, PGD-1, PGD-3), shared by
+    the figure and report tests (tests/report_records.py)."""
+    from tests.report_records import tiny_results
+
+    results = tmp_path_factory.mktemp("tiny-report-results")
+    return results, tiny_results(mvtec_root, results)

@@ -132,7 +132,7 @@ def plot_vulnerability(per_cluster: pd.DataFrame, path, title: str = "") -> None
 
 def save_attention_degree_report(per_image: pd.DataFrame, per_cluster: pd.DataFrame, out_dir, title: str = "") -> dict:
     """Writes attention_degree_images.csv, attention_degree_clusters.csv and attention_degree.png
-    (Figure 2) into `out_dir`; returns {kind: path}."""
+    (Figure 2, and attention_degree.pdf) into `out_dir`; returns {kind: path}."""
     from pathlib import Path
 
     out = Path(out_dir)
@@ -141,8 +141,10 @@ def save_attention_degree_report(per_image: pd.DataFrame, per_cluster: pd.DataFr
         "images": out / "attention_degree_images.csv",
         "clusters": out / "attention_degree_clusters.csv",
         "figure": out / "attention_degree.png",
+        "figure_pdf": out / "attention_degree.pdf",
     }
     per_image.to_csv(paths["images"], index=False)
     per_cluster.to_csv(paths["clusters"], index=False)
     plot_vulnerability(per_cluster, paths["figure"], title)
+    plot_vulnerability(per_cluster, paths["figure_pdf"], title)
     return paths
