@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from robustad.datasets.anomaly_dataset import DatasetFormat, Sample
-from robustad.datasets.image_io import IMAGE_SUFFIXES, DatasetError, list_images
+from robustad.datasets.image_io import IMAGE_SUFFIXES, list_images
 from robustad.datasets.registry import register_dataset
 
 MVTEC_CATEGORIES = (

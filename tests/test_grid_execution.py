@@ -11,7 +11,7 @@ from robustad.attacks import ATTACKS, Attack, register_attack
 from robustad.bench.cli import main
 from robustad.bench.executors.local import worker_slots
 from robustad.bench.executors.slurm import parse_slurm_time
-from robustad.bench.groups import (Group, Job, RunOptions, group_id_of, make_groups, parse_shard, read_job,
+from robustad.bench.groups import (Job, RunOptions, group_id_of, make_groups, parse_shard, read_job,
                                    shard_groups, write_job)
 from robustad.bench.lease import Lease
 from robustad.bench.records import read_record

@@ -2,7 +2,6 @@
 dead holders broken exactly once, re-entrant within a process (issue #27)."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
