@@ -9,7 +9,9 @@ the peak memory of each attack call:
 - CUDA: `torch.cuda.max_memory_allocated` above what was allocated before the call;
 - CPU: the process's resident memory (Linux /proc/self/statm, sampled every 2 ms by a thread)
   above its value before the call (torch's CPU allocator has no statistics; tracemalloc does not
-  see tensors).
+  see tensors). So that freed tensors leave the resident set at once (glibc would otherwise keep
+  them for reuse and hide later peaks), the script re-executes itself with
+  `MALLOC_MMAP_THRESHOLD_=65536` (allocations of 64 KiB or more are mapped and unmapped on free).
 
 It fits, by least squares in log-log space over all points, time ∝ images^a · steps^b · pixels^c
 (pixels = side²) and the same form for peak memory, and reports local slopes along each sweep
@@ -17,7 +19,7 @@ It fits, by least squares in log-log space over all points, time ∝ images^a ·
 `attack_scaling.png` (log-log time and memory against each factor, with the fitted lines) to OUTDIR
 and prints the JSON.
 
-    python benchmarks/attack_scaling.py OUTDIR                       # CPU, quick profile, ~5-8 min on 2 cores
+    python benchmarks/attack_scaling.py OUTDIR                       # CPU, quick profile, a few minutes
     python benchmarks/attack_scaling.py OUTDIR --device cuda --profile paper \\
         --images 8,16,32,64,128 --steps 5,10,20,40 --sizes 112,224,336,448 --base 32,10,224
     python benchmarks/attack_scaling.py OUTDIR --tiny                # seconds: a smoke run (tests)
@@ -187,6 +189,7 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     points, base = result["points"], result["base"]
     factors = [("images", "images per attack", "a"), ("steps", "PGD steps", "b"), ("pixels", "pixels per image", "c")]
@@ -207,6 +210,10 @@ def plot(result: dict, path: Path) -> None:
             if fit and fit.get(exponent) is not None and ys.min() > 0:
                 anchor = np.exp(np.mean(np.log(ys) - fit[exponent] * np.log(xs)))
                 ax.loglog(xs, anchor * xs ** fit[exponent], "--", label=f"fit: ∝ {factor}^{fit[exponent]:.2f}")
+            ax.set_xticks(xs)
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.tick_params(axis="x", labelrotation=45 if factor == "pixels" else 0, labelsize=8)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(label)
             ax.grid(True, which="both", alpha=0.3)
@@ -222,8 +229,8 @@ def plot(result: dict, path: Path) -> None:
 # -- main -----------------------------------------------------------------------------------------
 TINY = {"profile": "quick", "images": [1, 2, 4], "steps": [1, 2, 4], "sizes": [16, 32], "base": (2, 2, 16),
         "repeats": 1}
-CPU_DEFAULT = {"profile": "quick", "images": [1, 2, 4, 8, 16], "steps": [2, 4, 8, 16], "sizes": [32, 64, 128, 192, 256],
-               "base": (4, 4, 64), "repeats": 2}
+CPU_DEFAULT = {"profile": "quick", "images": [1, 2, 4, 8, 16, 32, 64], "steps": [2, 4, 8, 16, 32],
+               "sizes": [32, 64, 128, 192, 256, 384], "base": (4, 4, 64), "repeats": 3}
 CUDA_DEFAULT = {"profile": "paper", "images": [8, 16, 32, 64, 128], "steps": [5, 10, 20, 40],
                 "sizes": [112, 224, 336, 448], "base": (32, 10, 224), "repeats": 3}
 
@@ -316,5 +323,10 @@ def main(argv=None) -> dict:
     return result
 
 
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 if __name__ == "__main__":
+    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()) and sys.platform.startswith("linux"):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     main()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import warnings
 import json
 
 import torch
@@ -22,7 +23,9 @@ import torch
 
 def live_tensor_mib() -> float:
     gc.collect()
-    return sum(o.numel() * o.element_size() for o in gc.get_objects() if isinstance(o, torch.Tensor)) / 2**20
+    with warnings.catch_warnings():  # isinstance() touches deprecated lazy objects (torch.distributed.reduce_op)
+        warnings.simplefilter("ignore")
+        return sum(o.numel() * o.element_size() for o in gc.get_objects() if isinstance(o, torch.Tensor)) / 2**20
 
 
 def resident_mib() -> float | None:
