@@ -13,8 +13,8 @@ Speed: each step takes the gradient with respect to the input only (parameters f
 parameter gradients), over the whole batch. `cuda_graph=True` (default False) replays each step
 as a CUDA graph on CUDA batches (`cuda_graph.py`: same kernels, far fewer launches; ignored on the
 CPU). `compile=True` (default False) computes each step's forward and input gradient through
-`torch.compile` (`compiled_step.py`: fused kernels, ~1.5× on the 2-core CPU for ViT-S/14 at the
-same batch, after a one-off compilation per batch shape that only long attacks amortize); the
+`torch.compile` (`compiled_step.py`: fused non-matmul kernels, after a one-off compilation per
+batch shape; no gain measured on the 2-core CPU, for GPUs where those kernels bound the step); the
 final loss of `keep_best` stays eager. `perturb(..., start=x0)` begins at x0 instead
 (PatchGuard's `train_reuse_perturbation`).
 """
