@@ -39,7 +39,7 @@ cd "$HERE"
 
 if [[ "$TINY" == 1 ]]; then
     DEVICE=cpu
-    MEMORY=(--tiny --variants fp32_eager,fp32_compiled,bf16_eager); PGD=(--tiny --variants fp32,bf16); PGD_COMPILED=(--tiny --variants fp32_compiled)
+    MEMORY=(--tiny --variants fp32_eager,bf16_eager); PGD=(--tiny --variants fp32,bf16); PGD_COMPILED=(--tiny --variants fp32_compiled)
     TRAIN=(--tiny --prefetch)
     SCALING=(--tiny); SCALE=20
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -60,7 +60,7 @@ def aurocs(detector, adv, masks, labels, precision, device):
         logits = detector(adv).float()
         scores = detector.score(logits).cpu().numpy()
         maps = detector.anomaly_map(logits, adv.shape[-1]).cpu().numpy()
-    return 100 * image_auroc(labels.cpu().numpy(), scores), 100 * pixel_auroc(masks[:, 0].cpu().numpy(), maps)
+    return image_auroc(labels.cpu().numpy(), scores), pixel_auroc(masks[:, 0].cpu().numpy(), maps)  # in points
 
 
 def run_variant(name, detector, images, masks, labels, args, device) -> tuple[dict, torch.Tensor]:

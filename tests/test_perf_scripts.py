@@ -47,11 +47,12 @@ def test_gpu_check_tiny_mode_writes_every_measurement(tmp_path):
     assert summary["tiny"] is True and summary["device"] == "cpu"
     assert all(step["rc"] == 0 for name, step in summary["steps"].items() if name != "cuda_graph_tests")
     memory = json.loads((tmp_path / "memory_flat.json").read_text())
-    assert set(memory["variants"]) == {"fp32_eager", "fp32_compiled", "bf16_eager"}
+    assert set(memory["variants"]) == {"fp32_eager", "bf16_eager"}
     assert memory["max_growth_mib"] <= 0.01  # nothing left behind per batch
     pgd = json.loads((tmp_path / "pgd_category.json").read_text())
     assert set(pgd["variants"]) == {"fp32", "bf16"} and pgd["variants"]["fp32"]["pixel_auroc_delta"] == 0
     assert 0 <= pgd["variants"]["bf16"]["differing_pixels"] <= 1
+    assert all(0 <= v["pixel_auroc"] <= 100 for v in pgd["variants"].values())  # AUROC in points
     train = json.loads((tmp_path / "train_precision.json").read_text())
     assert set(train["curve_differences"]) == {"bf16"} and train["bf16_speedup"] > 0
     curves = json.loads((tmp_path / "train_precision" / "train_precision.json").read_text())
