@@ -108,9 +108,12 @@ class AttackObjective:
     no attack depends on the scale or offset of the detector's logits. The constructor's default
     is the identity (m' = m, the BCE reading of log-odds); `build` calibrates from the batch's own
     clean logits unless it is given the test set's calibration (what the runner does).
+    `forward(detector, images)`, when given, replaces `detector(images)` in the losses (e.g. the
+    compiled forward of `attacks/compiled_step.py`); the clean probe of `build` stays eager.
     """
 
-    def __init__(self, detector, targets: torch.Tensor, objective: Objective, loss: FlipLoss, calibration=None):
+    def __init__(self, detector, targets: torch.Tensor, objective: Objective, loss: FlipLoss, calibration=None,
+                 forward=None):
         from robustad.attacks.calibration import UnitCalibration
 
         self.detector = detector
@@ -121,6 +124,7 @@ class AttackObjective:
         if self.calibration.objective != self.objective:
             raise ValueError(f"the calibration is for the {self.calibration.objective.value} objective's units, "
                              f"the attack's objective is {self.objective.value}")
+        self.forward = forward
         self.forward_count = 0
 
     @classmethod
@@ -145,7 +149,7 @@ class AttackObjective:
     def raw_unit_logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, U) logits of the attacked units as the detector gives them."""
         self.forward_count += images.shape[0]
-        logits = self.detector(images)
+        logits = self.detector(images) if self.forward is None else self.forward(self.detector, images)
         if self.objective == Objective.DETECTION:
             return self.detector.score(logits).view(-1, 1)
         return logits.flatten(1)
@@ -172,8 +176,14 @@ class AttackObjective:
 
     def subset(self, index: torch.Tensor) -> "AttackObjective":
         """The same objective restricted to the images at `index`."""
-        return AttackObjective(self.detector, self.targets[index], self.objective, self.loss_kind, self.calibration)
+        return AttackObjective(self.detector, self.targets[index], self.objective, self.loss_kind, self.calibration,
+                               self.forward)
 
     def with_loss(self, loss: FlipLoss | str) -> "AttackObjective":
         """The same units and calibration with another loss."""
-        return AttackObjective(self.detector, self.targets, self.objective, FlipLoss.parse(loss), self.calibration)
+        return AttackObjective(self.detector, self.targets, self.objective, FlipLoss.parse(loss), self.calibration,
+                               self.forward)
+
+    def with_forward(self, forward) -> "AttackObjective":
+        """The same objective computing the detector's logits with `forward(detector, images)` (None: eager)."""
+        return AttackObjective(self.detector, self.targets, self.objective, self.loss_kind, self.calibration, forward)

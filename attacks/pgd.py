@@ -12,7 +12,11 @@ behaviour).
 Speed: each step takes the gradient with respect to the input only (parameters frozen, no
 parameter gradients), over the whole batch. `cuda_graph=True` (default False) replays each step
 as a CUDA graph on CUDA batches (`cuda_graph.py`: same kernels, far fewer launches; ignored on the
-CPU). `perturb(..., start=x0)` begins at x0 instead (PatchGuard's `train_reuse_perturbation`).
+CPU). `compile=True` (default False) computes each step's forward and input gradient through
+`torch.compile` (`compiled_step.py`: fused non-matmul kernels, after a one-off compilation per
+batch shape; no gain measured on the 2-core CPU, for GPUs where those kernels bound the step); the
+final loss of `keep_best` stays eager. `perturb(..., start=x0)` begins at x0 instead
+(PatchGuard's `train_reuse_perturbation`).
 """
 from __future__ import annotations
 
@@ -31,10 +35,12 @@ class PGD(Attack):
     display_name = "PGD"
     table_order = 10
 
-    def __init__(self, threat, *, keep_best: bool = True, cuda_graph: bool = False, **kwargs):
+    def __init__(self, threat, *, keep_best: bool = True, cuda_graph: bool = False, compile: bool = False,
+                 **kwargs):
         super().__init__(threat, **kwargs)
         self.keep_best = keep_best
         self.cuda_graph = cuda_graph
+        self.compile = bool(compile)
 
     def perturb(self, objective, images, start: torch.Tensor | None = None):
         """`start`: adversarial images to begin the first restart at (projected onto the ball),
@@ -43,12 +49,17 @@ class PGD(Attack):
         rng = self.image_random(images) if t.random_start and t.restarts > (start is not None) else None
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.clone()
+        step_objective = objective
+        if self.compile:
+            from robustad.attacks.compiled_step import compiled_forward
+
+            step_objective = objective.with_forward(compiled_forward())
         graphed = None
         if self.cuda_graph and images.is_cuda:
             from robustad.attacks.cuda_graph import GraphedLossAndGrad
 
-            graphed = GraphedLossAndGrad(objective)
-        loss_and_grad = graphed or objective.loss_and_grad
+            graphed = GraphedLossAndGrad(step_objective)
+        loss_and_grad = graphed or step_objective.loss_and_grad
         try:
             for restart in range(t.restarts):
                 if start is not None and restart == 0:
@@ -71,4 +82,4 @@ class PGD(Attack):
                 graphed.close()
 
     def describe(self):
-        return {**super().describe(), "keep_best": self.keep_best}
+        return {**super().describe(), "keep_best": self.keep_best, **({"compile": True} if self.compile else {})}

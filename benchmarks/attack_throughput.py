@@ -35,13 +35,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import resource
+import statistics
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from robustad.attacks import create_attack
 from robustad.attacks.batching import ChunkedAttack, default_max_batch
@@ -192,8 +193,9 @@ def run_official(detector, images, targets, eps, steps, batch, device):
         detector.zero_grad(set_to_none=True)
 
 
-def run_ours(detector, images, masks, labels, eps, steps, batch, device, precision, cuda_graph=False):
-    options = {"cuda_graph": True} if cuda_graph else {}
+def run_ours(detector, images, masks, labels, eps, steps, batch, device, precision, cuda_graph=False,
+             compile=False):
+    options = {**({"cuda_graph": True} if cuda_graph else {}), **({"compile": True} if compile else {})}
     attack = create_attack("pgd", norm="linf", eps=eps, steps=steps, keep_best=False, **options)
     chunked = ChunkedAttack(attack, max_batch=batch)
     with precision_context(device, precision):
@@ -313,7 +315,7 @@ def parse_args(argv=None):
                         "(default: 16, the paper's; quick: 2)")
     parser.add_argument("--train-steps", type=int, help="training PGD steps (default: 10; quick: 2)")
     parser.add_argument("--train-repeats", type=int, help="timed training steps (default: 3; quick: 1)")
-    parser.add_argument("--skip", default="", help="comma-separated variants to skip: torchattacks,train,bf16,graph")
+    parser.add_argument("--skip", default="", help="comma-separated variants to skip: torchattacks,train,bf16,graph,compile")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of our PGD")
     parser.add_argument("--rounds", type=int, default=1,
                         help="interleaved timing rounds, the fastest of each variant kept (default: 1)")
@@ -370,8 +372,18 @@ def main(argv=None) -> dict:
     detector.zero_grad(set_to_none=True)
     create_attack("pgd", eps=args.eps, steps=1)(detector, warm, masks[:2], labels[:2])
 
-    def ours(batch, precision, cuda_graph=False):
-        return lambda: run_ours(detector, images, masks, labels, args.eps, steps, batch, device, precision, cuda_graph)
+    def ours(batch, precision, cuda_graph=False, compile=False, steps=steps):
+        return lambda: run_ours(detector, images, masks, labels, args.eps, steps, batch, device, precision, cuda_graph,
+                                compile)
+
+    if "compile" not in skip:  # compile every batch shape the timed runs will see (one PGD-1 each), untimed
+        start_compile = time.perf_counter()
+        for batch in (OFFICIAL_BATCH, engine_batch):
+            ours(batch, "fp32", compile=True, steps=1)()
+        if cuda and "bf16" not in skip:
+            ours(engine_batch, "bf16", compile=True, steps=1)()
+        compile_seconds = time.perf_counter() - start_compile
+        log(f"torch.compile warm-up: {compile_seconds:.0f} s")
 
     # (key, label, run, precision)
     plan = [
@@ -381,11 +393,19 @@ def main(argv=None) -> dict:
         ("ours_fp32", "ours fp32 (batch 4)", ours(OFFICIAL_BATCH, "fp32"), "fp32"),
         ("ours_fp32_engine", "ours fp32 (engine batch)", ours(engine_batch, "fp32"), "fp32"),
     ]
+    if "compile" not in skip:
+        plan += [("ours_fp32_compiled", "ours fp32 compiled (batch 4)", ours(OFFICIAL_BATCH, "fp32", compile=True),
+                  "fp32"),
+                 ("ours_fp32_compiled_engine", "ours fp32 compiled (engine)", ours(engine_batch, "fp32", compile=True),
+                  "fp32")]
     if cuda and "graph" not in skip:
         plan += [("ours_fp32_graph", "ours fp32 graph (batch 4)", ours(OFFICIAL_BATCH, "fp32", True), "fp32"),
                  ("ours_fp32_graph_engine", "ours fp32 graph (engine)", ours(engine_batch, "fp32", True), "fp32")]
     if "bf16" not in skip:
         plan += [("ours_bf16_engine", "ours bf16 (engine batch)", ours(engine_batch, "bf16"), "bf16")]
+        if cuda and "compile" not in skip:
+            plan += [("ours_bf16_compiled_engine", "ours bf16 compiled (engine)", ours(engine_batch, "bf16", compile=True),
+                      "bf16")]
         if cuda and "graph" not in skip:
             plan += [("ours_bf16_graph_engine", "ours bf16 graph (engine)", ours(engine_batch, "bf16", True), "bf16")]
     if "torchattacks" not in skip:
@@ -399,11 +419,12 @@ def main(argv=None) -> dict:
             log("torchattacks is not installed: skipped (pip install torchattacks)")
 
     # Interleaved rounds; each variant keeps its fastest round (a shared machine's load varies).
-    variants, advs = {}, {}
+    variants, advs, round_seconds = {}, {}, {}
     for round_index in range(args.rounds):
         log(f"round {round_index + 1}/{args.rounds}")
         for key, label, run, precision in plan:
             result, adv = timed(label, run, precision)
+            round_seconds.setdefault(key, []).append(result["seconds"])
             if key not in variants or result["seconds"] < variants[key]["seconds"]:
                 variants[key] = {**result, "cpu_seconds": min(result["cpu_seconds"],
                                                              variants.get(key, result)["cpu_seconds"])}
@@ -442,6 +463,13 @@ def main(argv=None) -> dict:
             return None
         return base["cpu_seconds"] / variants[name]["cpu_seconds"]
 
+    def round_ratios(name):
+        """Ratio to `official` in each round (the same load), with their min and median."""
+        if name not in round_seconds:
+            return None
+        ratios = [o / v for o, v in zip(round_seconds["official"], round_seconds[name])]
+        return {"per_round": ratios, "min": min(ratios), "median": statistics.median(ratios)}
+
     def differing(name, reference="official"):
         return float((advs[name] != advs[reference]).float().mean()) if name in advs else None
 
@@ -464,8 +492,15 @@ def main(argv=None) -> dict:
         "speedup_fp32": ratio("ours_fp32"),
         "speedup_fp32_engine_batch": ratio("ours_fp32_engine"),
         "speedup_fp32_graph": ratio("ours_fp32_graph"),
+        "speedup_fp32_compiled": ratio("ours_fp32_compiled"),
+        "speedup_fp32_compiled_engine_batch": ratio("ours_fp32_compiled_engine"),
+        "speedup_fp32_rounds": round_ratios("ours_fp32"),
+        "speedup_fp32_compiled_rounds": round_ratios("ours_fp32_compiled"),
+        "compile_warmup_s": compile_seconds if "compile" not in skip else None,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "speedup_fp32_graph_engine_batch": ratio("ours_fp32_graph_engine"),
-        "speedup_bf16": max((r for r in (ratio("ours_bf16_engine"), ratio("ours_bf16_graph_engine")) if r),
+        "speedup_bf16": max((r for r in (ratio("ours_bf16_engine"), ratio("ours_bf16_graph_engine"),
+                                         ratio("ours_bf16_compiled_engine")) if r),
                             default=None),
         "speedup_torchattacks": ratio("torchattacks"),
         # CPU time of this process: steadier than wall time on a shared CPU (not meaningful on CUDA)
@@ -478,6 +513,8 @@ def main(argv=None) -> dict:
         "differing_pixels_fp32": differing("ours_fp32"),
         "differing_pixels_fp32_engine_batch": differing("ours_fp32_engine"),
         "differing_pixels_fp32_graph": differing("ours_fp32_graph"),
+        "differing_pixels_fp32_compiled": differing("ours_fp32_compiled"),
+        "differing_pixels_compiled_vs_eager": differing("ours_fp32_compiled", "ours_fp32"),
         "differing_pixels_graph_vs_eager": differing("ours_fp32_graph", "ours_fp32"),
         "differing_pixels_torchattacks": differing("torchattacks"),
         "differing_pixels_bf16": differing("ours_bf16_engine"),
@@ -551,7 +588,10 @@ def print_report(summary: dict) -> None:
                                   "of matmul peak", "peak MiB", "adv image AUROC", "adv pixel AUROC"]))
     keys = [k for k in summary if k.startswith(("speedup", "differing", "auroc", "image_auroc", "pixel_auroc",
                                                  "train_speedup", "memory_growth"))]
-    print(tabulate([[k, summary[k]] for k in keys], headers=["summary", "value"], floatfmt=".4g"))
+    def shown(value):
+        return f"min {value['min']:.3f}, median {value['median']:.3f}" if isinstance(value, dict) else value
+
+    print(tabulate([[k, shown(summary[k])] for k in keys], headers=["summary", "value"], floatfmt=".4g"))
     if "train" in summary:
         print(tabulate([[k, f"{v['seconds_per_step']:.3f}", f"{v['peak_memory_mib']:.0f}"]
                         for k, v in summary["train"].items()],

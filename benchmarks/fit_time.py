@@ -12,7 +12,8 @@ and times, per optimizer step of `fit` (batch of normal images + their pseudo an
 
 each as the median over `--steps` steps after `--warmup` untimed ones, for each `--compile` mode:
 `none` (eager), `blocks` (`torch.compile` in place on the discriminator and each ViT block but the regularized
-ones, whose attention a hook reads: the state dict is unchanged). `fit_estimate_s` = (pseudo + step) × the profile's optimizer steps;
+ones, whose attention a hook reads: the state dict is unchanged), `attack` (the training PGD's forward and input
+gradient through torch.compile: config `train_attack_compile=true`). `fit_estimate_s` = (pseudo + step) × the profile's optimizer steps;
 `speedup_vs_none` compares step times measured in this one process. `compile_warmup_s` is the
 time of the warm-up steps (where compilation happens). `--fit-epochs N` also times whole N-epoch fits
 with the pseudo anomalies drawn in place and prefetched by a background thread
@@ -38,7 +39,7 @@ from robustad.core.profiles import Profile
 from robustad.datasets import create_dataset
 from robustad.methods import create_method
 
-COMPILE_MODES = ("none", "blocks")
+COMPILE_MODES = ("none", "blocks", "attack")
 
 
 def compile_blocks(net, skip: tuple = ()) -> None:
@@ -73,6 +74,8 @@ def time_mode(mode: str, args, overrides: dict, device: torch.device) -> dict:
     if mode == "blocks":
         depth = len(detector.net.vit.blocks)
         compile_blocks(detector.net, skip=tuple(i % depth for i in config.regularized_blocks))
+    if mode == "attack":  # the training PGD's step through torch.compile (config train_attack_compile)
+        config.train_attack_compile = True
     optimizer = torch.optim.AdamW(detector.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
     batch_size = min(config.batch_size, len(images))

@@ -1,4 +1,7 @@
-"""PGD with `cuda_graph=True` gives exactly the eager result (on CUDA) and is ignored on the CPU."""
+"""PGD with `cuda_graph=True` gives exactly the eager result (on CUDA) and is ignored on the CPU.
+
+The CUDA tests need a GPU (a CUDA graph captures GPU kernels) and skip, saying so, elsewhere;
+`benchmarks/gpu_check.sh` runs this file on a GPU machine."""
 import copy
 
 import pytest
@@ -7,6 +10,9 @@ import torch
 from robustad.attacks import create_attack
 from robustad.attacks.cuda_graph import GraphedLossAndGrad
 from robustad.attacks.objectives import AttackObjective
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA device: CUDA graphs capture GPU kernels (no GPU on this machine)")
 
 
 def test_cuda_graph_option_is_ignored_on_cpu(trained_tiny):
@@ -18,7 +24,7 @@ def test_cuda_graph_option_is_ignored_on_cpu(trained_tiny):
         GraphedLossAndGrad(AttackObjective.build(detector, images[:2], masks[:2]))(images[:2])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("keep_best", [True, False])
 def test_cuda_graph_pgd_equals_eager_on_cuda(trained_tiny, keep_best):
     detector, images, masks, labels = trained_tiny
@@ -33,7 +39,7 @@ def test_cuda_graph_pgd_equals_eager_on_cuda(trained_tiny, keep_best):
     assert torch.equal(tail, eager[:3]) or float((tail != eager[:3]).float().mean()) < 1e-3
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_graph_memory_does_not_grow_across_batches(trained_tiny):
     """Each perturb call frees its graph's pool (the H200 benchmark once saw +65 MiB per batch)."""
     detector, images, masks, labels = trained_tiny

@@ -80,7 +80,7 @@ def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, 
     eps = config.train_eps
     step_size = config.train_step_size or 2.5 * eps / config.train_steps
     threat = ThreatModel(norm=Norm.LINF, eps=eps, steps=config.train_steps, step_size=step_size)
-    attack = PGD(threat, keep_best=False)  # the last iterate, as the official code
+    attack = PGD(threat, keep_best=False, compile=config.train_attack_compile)  # the last iterate, as the official code
     with frozen(detector):
         attacked = AttackObjective(detector, targets.flatten(1).float(), Objective.LOCALIZATION,
                                    FlipLoss.parse(config.train_attack_loss if loss is None else loss))

@@ -81,6 +81,9 @@ class PatchGuardConfig(DetectorConfig):
     train_steps: int = in_range(10, low=1)
     train_step_size: float = in_range(0.0, low=0)  # 0: 2.5·ε/steps (the official code)
     train_attack_loss: str = one_of("margin", TRAIN_ATTACK_LOSSES)  # the flip loss PGD maximizes during training
+    # the training PGD's forward + input gradient through torch.compile (attacks/compiled_step.py);
+    # a speed option: pays off once a fit's steps amortize the compilation (default off)
+    train_attack_compile: bool = False
     # -- optimizer: AdamW, cosine decay to lr·lr_final_factor -----------------------------------
     epochs: int = in_range(300, low=0)
     batch_size: int = in_range(16, low=1)
