@@ -43,6 +43,8 @@ PRIORS = {
     Profile.QUICK: Rates(fit_per_train_image=11.0, attack_per_image_step=2.6 / (49 * 20)),
     Profile.LONG: Rates(fit_per_train_image=67.0, attack_per_image_step=1.76 * 2.6 / (49 * 20)),
     Profile.PAPER: Rates(fit_per_train_image=300 * 0.26 / 16, attack_per_image_step=1 / 1168),
+    # PatchGuard's official recipe: the paper's network size, 1000 epochs instead of 300 (not measured)
+    Profile.OFFICIAL: Rates(fit_per_train_image=1000 * 0.26 / 16, attack_per_image_step=1 / 1168),
 }
 UNKNOWN_SIZE = 200  # images per split assumed when a dataset cannot be listed
 
