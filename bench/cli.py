@@ -136,7 +136,7 @@ def validate_run_arguments(args) -> None:
     from robustad.methods import method_config
 
     from robustad.bench.runner import expand_categories
-    from robustad.bench.validation import check_categories, check_eps, check_results_writable
+    from robustad.bench.validation import check_categories, check_eps, check_results_writable, check_weights_files
 
     config = dict(parse_config_items(args.config))
     for method in args.method:
@@ -146,7 +146,10 @@ def validate_run_arguments(args) -> None:
                       objective=args.objective, **attack_options_of(args))
     check_eps(args.norm, [parse_eps(e) for e in args.eps or ["8/255"]])
     for dataset in args.dataset:
-        check_categories(dataset, args.root, expand_categories(dataset, args.root, args.category or "all"))
+        categories = expand_categories(dataset, args.root, args.category or "all")
+        check_categories(dataset, args.root, categories)
+        for method in args.method:
+            check_weights_files(method, dataset, categories, config.get("weights"))
     check_results_writable(args.results)
 
 
