@@ -63,7 +63,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="an option of the attack's constructor, e.g. losses=masked-ce,balanced-ce,js,margin "
                         "for sea (repeatable; recorded with the cell)")
     p.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
-                   help="quick (default), long or paper (core/profiles.py)")
+                   help="quick (default), long, paper or official (core/profiles.py)")
     p.add_argument("--seed", action="append", type=int, default=None, help="seed (repeat for several; default 0)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="output folder (default: results)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default pgd; a composite is checked against its members)")
     check.add_argument("--objective", default="localization", choices=["localization", "detection"])
     check.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
-                       help="quick (default), long or paper (core/profiles.py)")
+                       help="quick (default), long, paper or official (core/profiles.py)")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--results", default=DEFAULT_RESULTS)
     check.add_argument("--device", default="cpu")
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     degree.add_argument("--eps", default="8/255", type=eps_argument)
     degree.add_argument("--steps", type=int, default=None)
     degree.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
-                        help="quick (default), long or paper (core/profiles.py)")
+                        help="quick (default), long, paper or official (core/profiles.py)")
     degree.add_argument("--seed", type=int, default=0)
     degree.add_argument("--config", action="append", metavar="KEY=VALUE")
     degree.add_argument("--layer", default="-1", help="1-based ViT block, negative from the end, or 'discriminator'")

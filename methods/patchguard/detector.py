@@ -56,6 +56,7 @@ def build_pseudo_anomaly_generator(config: PatchGuardConfig):
         k_hard=config.k_hard,
         size_range=config.anomaly_size,
         min_change=config.anomaly_min_change,
+        official_min_side=config.official_min_side,
     )
 
 
