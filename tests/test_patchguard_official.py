@@ -197,3 +197,31 @@ def test_bench_run_names_missing_category_files_before_anything_runs(mvtec_root,
     assert code != 0
     assert "patchguard_mvtec_beta.pth" in capsys.readouterr().err
     assert not (results / "records").exists()
+
+
+# -- the official recipe ---------------------------------------------------------------------------
+def test_regularized_attention_drops_the_class_token():
+    detector = tiny().eval()
+    logits, attention = detector.forward_with_attention(torch.rand(2, 3, 28, 28), (0, 1))
+    assert logits.shape == (2, 2, 2)
+    assert {k: tuple(v.shape) for k, v in attention.items()} == {0: (2, 2, 4, 4), 1: (2, 2, 4, 4)}
+    assert bool((attention[0].sum(-1) < 1).all())  # the class token's column is gone, as in the official loss
+
+
+def test_attention_of_blocks_after_the_last_feature_layer_is_refused():
+    with pytest.raises(ValueError, match="reg_layers"):
+        tiny(feature_layers=(1,), reg_layers=(2,))
+
+
+def test_the_official_recipe_trains_the_official_network(mvtec_root):
+    from robustad.datasets import create_dataset
+
+    train = create_dataset("mvtec", root=str(mvtec_root), category="alpha", split="train", image_size=28)
+    torch.manual_seed(0)
+    detector = tiny(epochs=2, batch_size=4, train_steps=2)
+    assert detector.config.train_attack_mode == "train" and detector.config.pseudo_anomaly == "official"
+    before = {k: v.clone() for k, v in detector.state_dict().items()}
+    detector.fit(train)
+    changed = [k for k, v in detector.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(".blocks.0." in k for k in changed) and any(k.startswith("net.discriminator") for k in changed)
+    assert not detector.training

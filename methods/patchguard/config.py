@@ -41,6 +41,7 @@ PRECISIONS = ("fp32", "bf16")
 PSEUDO_ANOMALIES = ("ours", "cutpaste", "fpi", "nsa", "official")
 FOREGROUNDS = ("auto", "resnet18", "efficientnet_lite0", "full")
 TRAIN_ATTACK_LOSSES = ("margin", "ce")
+TRAIN_ATTACK_MODES = ("eval", "train")
 
 
 @dataclasses.dataclass
@@ -89,6 +90,7 @@ class PatchGuardConfig(DetectorConfig):
     train_steps: int = in_range(10, low=1)
     train_step_size: float = in_range(0.0, low=0)  # 0: 2.5·ε/steps (the official code)
     train_attack_loss: str = one_of("margin", TRAIN_ATTACK_LOSSES)  # the flip loss PGD maximizes during training
+    train_attack_mode: str = one_of("eval", TRAIN_ATTACK_MODES)  # "train": dropout on while attacking (official)
     # -- optimizer: AdamW, cosine decay to lr·lr_final_factor -----------------------------------
     epochs: int = in_range(300, low=0)
     batch_size: int = in_range(16, low=1)
@@ -208,6 +210,7 @@ OFFICIAL = PatchGuardConfig(
     weight_decay=0.01,
     epochs=1000,
     pseudo_anomaly="official",
+    train_attack_mode="train",
 )
 
 PROFILES = {Profile.PAPER: PAPER, Profile.QUICK: QUICK, Profile.LONG: LONG, Profile.OFFICIAL: OFFICIAL}
