@@ -225,3 +225,25 @@ def test_the_official_recipe_trains_the_official_network(mvtec_root):
     changed = [k for k, v in detector.state_dict().items() if not torch.equal(v, before[k])]
     assert any(".blocks.0." in k for k in changed) and any(k.startswith("net.discriminator") for k in changed)
     assert not detector.training
+
+
+def test_one_weights_file_for_several_categories_is_refused(mvtec_root, tmp_path, capsys):
+    from robustad.bench.cli import main
+
+    code = main(["run", "--method", "patchguard", "--profile", "official", "--dataset", "mvtec", "--root",
+                 str(mvtec_root), "--category", "alpha,beta", "--results", str(tmp_path / "r"),
+                 "--config", f"weights={STATE}", *tiny_config_items()])
+    assert code != 0
+    assert "one file for 2 categories" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "records").exists()
+
+
+def test_the_cost_estimate_has_no_fit_for_given_weights(mvtec_root):
+    from robustad.bench.cost import CostModel
+    from robustad.bench.groups import make_groups
+    from robustad.bench.runner import CellSpec
+
+    spec = CellSpec(method="patchguard", dataset="mvtec", category="alpha", root=str(mvtec_root), profile="official",
+                    config=tuple({**TINY, "weights": str(STATE)}.items()), attack="pgd-2")
+    (group,) = make_groups([spec])
+    assert CostModel(None).estimate(group, prior_only=True).fit_s == 0
