@@ -247,3 +247,21 @@ def test_the_cost_estimate_has_no_fit_for_given_weights(mvtec_root):
                     config=tuple({**TINY, "weights": str(STATE)}.items()), attack="pgd-2")
     (group,) = make_groups([spec])
     assert CostModel(None).estimate(group, prior_only=True).fit_s == 0
+
+
+def test_a_bad_weights_file_leaves_only_its_error_record(mvtec_root, tmp_path):
+    from robustad.bench.cli import main
+    from robustad.bench.records import Record
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "patchguard_mvtec_alpha.pth").write_bytes(STATE.read_bytes()[:3000])
+    results = tmp_path / "results"
+    code = main(["run", "--method", "patchguard", "--profile", "official", "--dataset", "mvtec", "--root",
+                 str(mvtec_root), "--category", "alpha", "--attack", "pgd-2", "--results", str(results),
+                 "--config", f"weights={weights}", *tiny_config_items()])
+    assert code != 0
+    (path,) = (results / "records").glob("*.json")
+    record = Record.from_json(json.loads(path.read_text()))
+    assert "ReleasedWeightsError" in record.error and "patchguard_mvtec_alpha.pth" in record.error
+    assert record.clean is None and not list(results.rglob("*.pt"))
