@@ -1,4 +1,4 @@
-"""PatchGuard's configuration: one dataclass, three presets (`paper`, `quick`, `long`).
+"""PatchGuard's configuration: one dataclass, four presets (`paper`, `quick`, `long`, `official`).
 
 PatchGuard (Nafez et al., "PatchGuard: Adversarially Robust Anomaly Detection and Localization
 through Vision Transformers and Pseudo Anomalies", CVPR 2025, https://arxiv.org/abs/2506.09237).
@@ -17,6 +17,11 @@ Where the official code (github.com/rohban-lab/PatchGuard) differs from the pape
 default and the official choice an option: `patch_label_rule=any`, `reg_type=kl` with
 `reg_layers=6,9,12` and `kl_weights=0.005,0.01,0.05`, `top_k=3`, `layer_scale_init=1e-5`, and
 `weight_decay=0.01` (its `train_model.py` never passes its `--wd 1e-5` to AdamW).
+
+`official` is the official code as shipped: its network (`arch=official`, `official_model.py`, whose
+state_dict is the official module's), its recipe, its cut-paste pseudo anomalies
+(`pseudo_anomaly=official`) and its training attack in train mode; `weights=PATH` loads the authors'
+released checkpoints instead of training (`docs/methods/patchguard-official.md`).
 
 One field is robustad's own, kept because the CPU presets need it: `anomaly_min_change`, the pixel
 change that half of a pseudo anomaly's mask must exceed (else a colour change, then heavy noise,
