@@ -72,7 +72,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="an option of the attack's constructor, e.g. losses=masked-ce,balanced-ce,js,margin "
                         "for sea (repeatable; recorded with the cell)")
     p.add_argument("--profile", default=None, choices=PROFILE_NAMES,
-                   help="quick (default; with --grid, the grid's), long or paper (core/profiles.py)")
+                   help="quick (default; with --grid, the grid's), long, paper or official (core/profiles.py)")
     p.add_argument("--seed", action="append", type=int, default=None,
                    help="seed (repeat for several; default 0; with --grid, the grid's)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="output folder (default: results)")
@@ -153,7 +153,7 @@ def validate_run_arguments(args) -> None:
     from robustad.methods import method_config
 
     from robustad.bench.runner import expand_categories
-    from robustad.bench.validation import check_categories, check_eps, check_results_writable
+    from robustad.bench.validation import check_categories, check_eps, check_results_writable, check_weights_files
 
     config = dict(parse_config_items(args.config))
     for method in args.method:
@@ -164,7 +164,10 @@ def validate_run_arguments(args) -> None:
     check_eps(args.norm, [parse_eps(e) for e in args.eps or ["8/255"]])
     for dataset in args.dataset:
         root = root_of(args, dataset)
-        check_categories(dataset, root, expand_categories(dataset, root, args.category or "all"))
+        categories = expand_categories(dataset, root, args.category or "all")
+        check_categories(dataset, root, categories)
+        for method in args.method:
+            check_weights_files(method, dataset, categories, config.get("weights"))
     check_results_writable(args.results)
 
 
@@ -341,7 +344,7 @@ def add_attention_degree_arguments(degree: argparse.ArgumentParser) -> None:
     degree.add_argument("--eps", default="8/255", type=eps_argument)
     degree.add_argument("--steps", type=int, default=None)
     degree.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
-                        help="quick (default), long or paper (core/profiles.py)")
+                        help="quick (default), long, paper or official (core/profiles.py)")
     degree.add_argument("--seed", type=int, default=0)
     degree.add_argument("--config", action="append", metavar="KEY=VALUE")
     degree.add_argument("--layer", default="-1", help="1-based ViT block, negative from the end, or 'discriminator'")
@@ -405,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default pgd; a composite is checked against its members)")
     check.add_argument("--objective", default="localization", choices=["localization", "detection"])
     check.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
-                       help="quick (default), long or paper (core/profiles.py)")
+                       help="quick (default), long, paper or official (core/profiles.py)")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--results", default=DEFAULT_RESULTS)
     check.add_argument("--device", default="cpu")

@@ -70,6 +70,18 @@ class CellSpec:
     def config_overrides(self) -> dict[str, Any]:
         return dict(self.config)
 
+    def method_overrides(self) -> dict[str, Any]:
+        """The config overrides the detector is built with: `weights=DIR` becomes this cell's file in DIR,
+        `<method>_<dataset>_<category>.pth` (the authors' release names them so)."""
+        overrides = self.config_overrides
+        weights = overrides.get("weights")
+        if weights and Path(str(weights)).expanduser().is_dir():
+            from robustad.methods.patchguard.released_weights import released_weights_file
+
+            overrides["weights"] = str(released_weights_file(Path(str(weights)).expanduser(), self.method,
+                                                             self.dataset, self.category))
+        return overrides
+
     def resolved_steps(self) -> int | None:
         """--steps; else None where the name carries them (`pgd-1000`), FGSM, a query-based attack
         (its own query budget) or a `worst:` whose members all carry theirs; else the profile's
@@ -263,7 +275,7 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda: no CUDA device is available here")
     profile = Profile.parse(spec.profile)
-    detector = create_method(spec.method, profile=profile, seed=spec.seed, **spec.config_overrides)
+    detector = create_method(spec.method, profile=profile, seed=spec.seed, **spec.method_overrides())
     steps = spec.resolved_steps()
     attack = create_attack(spec.attack, norm=spec.norm, eps=spec.eps, steps=steps, seed=spec.seed,
                            objective=spec.objective, **dict(spec.attack_options))
@@ -274,9 +286,14 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
                               image_size=detector.image_size)
     check_decodes(train_set, detector.image_size)  # a truncated test image is found now, not after the fit
     check_decodes(test_set, detector.image_size)
-    check_room_for_checkpoint(results, detector)
+    released = getattr(detector, "released_weights", None)  # given weights (the authors'): evaluated as they are
     detector.to(torch_device)
-    ckpt, fit_seconds, reused = fit_or_load(detector, spec, results, train_set, log)
+    if released is None:
+        check_room_for_checkpoint(results, detector)
+        ckpt, fit_seconds, reused = fit_or_load(detector, spec, results, train_set, log)
+    else:
+        log(f"evaluating {released['source']} {released['path']} (sha256 {released['sha256'][:12]}), no training")
+        ckpt, fit_seconds, reused = None, 0.0, False
     detector.to(torch_device).eval()
     settings = EVAL_SETTINGS[profile]
     batch_size = attack_batch or settings.batch_size
@@ -308,7 +325,8 @@ def run_cell(spec: CellSpec, *, results: str | Path = "results", device: str = "
         checks=checks,
         versions=package_versions(),
         git_revision=git_revision(),
-        checkpoint_sha256=file_sha256(ckpt) if ckpt.exists() else None,
+        checkpoint_sha256=file_sha256(ckpt) if ckpt is not None and ckpt.exists() else None,
+        weights=released,
         run=run_info or describe_run(device=device),
         examples=save_examples_or_warn(results, cell_id, examples, log),
     )

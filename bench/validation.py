@@ -40,6 +40,29 @@ def check_categories(dataset: str, root, categories: list[str]) -> None:
                          f"{', '.join(present) or 'none'})")
 
 
+def check_weights_files(method: str, dataset: str, categories: list[str], weights) -> None:
+    """With `--config weights=DIR`, every category's `<method>_<dataset>_<category>.pth` is in DIR
+    (else one error naming all missing files, before anything runs); a file given must exist."""
+    from pathlib import Path
+
+    from robustad.methods.patchguard.released_weights import missing_released_weights
+
+    if not weights:
+        return
+    path = Path(str(weights)).expanduser()
+    if path.is_dir():
+        missing = missing_released_weights(path, method, dataset, categories)
+        if missing:
+            raise ValueError(f"--config weights={weights}: no file for {len(missing)} of {len(categories)} "
+                             f"categories: {', '.join(p.name for p in missing)} (expected "
+                             f"{method}_{dataset}_<category>.pth per category)")
+    elif not path.is_file():
+        raise ValueError(f"--config weights={weights}: no such file or folder")
+    elif len(categories) > 1:
+        raise ValueError(f"--config weights={weights}: one file for {len(categories)} categories "
+                         f"({', '.join(categories)}); give a folder of {method}_{dataset}_<category>.pth files")
+
+
 def check_results_writable(results) -> None:
     """The results folder can be written (records, checkpoints), or created where it does not exist yet.
 

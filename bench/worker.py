@@ -48,7 +48,7 @@ def group_checkpoint(job: Job) -> Path:
     from robustad.methods import create_method
 
     spec = job.group.first
-    detector = create_method(spec.method, profile=spec.profile, **spec.config_overrides)
+    detector = create_method(spec.method, profile=spec.profile, **spec.method_overrides())
     return checkpoint_path(Path(job.results), detector, spec, str(open_format(spec.dataset, spec.root).root))
 
 

@@ -72,16 +72,19 @@ def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: Pa
 
 def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, config: PatchGuardConfig,
                          loss: FlipLoss | None = None) -> torch.Tensor:
-    """PGD-`train_steps` L∞ examples flipping `targets` (B, g, g), model frozen (eval mode).
+    """PGD-`train_steps` L∞ examples flipping `targets` (B, g, g), model frozen.
 
     ε is `config.train_eps`, the step `train_step_size` or 2.5·ε/steps, no random start, the last
-    iterate. `loss`: the flip loss to maximize (default `config.train_attack_loss`).
+    iterate. `loss`: the flip loss to maximize (default `config.train_attack_loss`). Eval mode, or train
+    mode (dropout on, parameters still frozen) with `train_attack_mode="train"` as the official code.
     """
     eps = config.train_eps
     step_size = config.train_step_size or 2.5 * eps / config.train_steps
     threat = ThreatModel(norm=Norm.LINF, eps=eps, steps=config.train_steps, step_size=step_size)
     attack = PGD(threat, keep_best=False, compile=config.train_attack_compile)  # the last iterate, as the official code
     with frozen(detector):
+        if config.train_attack_mode == "train":  # the official code attacks the model in train mode (dropout on)
+            detector.train()
         attacked = AttackObjective(detector, targets.flatten(1).float(), Objective.LOCALIZATION,
                                    FlipLoss.parse(config.train_attack_loss if loss is None else loss))
         return attack.perturb(attacked, images.detach()).detach()

@@ -1,4 +1,4 @@
-"""PatchGuard's configuration: one dataclass, three presets (`paper`, `quick`, `long`).
+"""PatchGuard's configuration: one dataclass, four presets (`paper`, `quick`, `long`, `official`).
 
 PatchGuard (Nafez et al., "PatchGuard: Adversarially Robust Anomaly Detection and Localization
 through Vision Transformers and Pseudo Anomalies", CVPR 2025, https://arxiv.org/abs/2506.09237).
@@ -18,6 +18,11 @@ default and the official choice an option: `patch_label_rule=any`, `reg_type=kl`
 `reg_layers=6,9,12` and `kl_weights=0.005,0.01,0.05`, `top_k=3`, `layer_scale_init=1e-5`, and
 `weight_decay=0.01` (its `train_model.py` never passes its `--wd 1e-5` to AdamW).
 
+`official` is the official code as shipped: its network (`arch=official`, `official_model.py`, whose
+state_dict is the official module's), its recipe, its cut-paste pseudo anomalies
+(`pseudo_anomaly=official`) and its training attack in train mode; `weights=PATH` loads the authors'
+released checkpoints instead of training (`docs/methods/patchguard-official.md`).
+
 One field is robustad's own, kept because the CPU presets need it: `anomaly_min_change`, the pixel
 change that half of a pseudo anomaly's mask must exceed (else a colour change, then heavy noise,
 are added; `hard_transforms.py`). A mask over unchanged pixels is a wrong label, and one within 2ε
@@ -34,18 +39,25 @@ from robustad.core.profiles import Profile
 from robustad.methods.config_fields import ConfigValueError, in_range, one_of
 from robustad.methods.detector import DetectorConfig
 
+ARCHS = ("robustad", "official")
 REG_TYPES = ("paper", "kl")
 PATCH_LABEL_RULES = ("fraction", "any")
 PRECISIONS = ("fp32", "bf16")
-PSEUDO_ANOMALIES = ("ours", "cutpaste", "fpi", "nsa")
+PSEUDO_ANOMALIES = ("ours", "cutpaste", "fpi", "nsa", "official")
 FOREGROUNDS = ("auto", "resnet18", "efficientnet_lite0", "full")
 TRAIN_ATTACK_LOSSES = ("margin", "ce")
+TRAIN_ATTACK_MODES = ("eval", "train")
 
 
 @dataclasses.dataclass
 class PatchGuardConfig(DetectorConfig):
     """PatchGuard hyper-parameters; the defaults are the paper's (§5, §6 "Implementation")."""
 
+    # -- network: "robustad" (model.py) or the official module (official_model.py) -------------
+    arch: str = one_of("robustad", ARCHS)
+    weights: str = ""  # arch=official: the authors' released state_dict (a file, or a folder of them); no fit
+    feature_layers: tuple = (-1,)  # ViT blocks (1-based) whose normed patch tokens feed the discriminator
+    disc_layers: int = in_range(1, low=1)  # attention blocks of the discriminator
     # -- backbone: timm VisionTransformer, random init (paper: ViT-S, patch 14, 224 px) --------
     image_size: int = in_range(224, low=8)
     patch_size: int = in_range(14, low=1)
@@ -75,12 +87,15 @@ class PatchGuardConfig(DetectorConfig):
     # rectangle side range, fraction of the image side (paper §5.1)
     anomaly_size: tuple = in_range((0.05, 0.3), low=0, high=1, low_open=True, length=2, ordered=True)
     anomaly_min_change: float = in_range(4 / 255, low=0, high=1, high_open=True)  # see the module docstring
+    # pseudo_anomaly=official: smallest side of a cut-paste patch, pixels at 224 px (its per-category bounds)
+    official_min_side: int = in_range(14, low=1)
     # -- adversarial training (paper §5.3, eq. 6-7) ---------------------------------------------
     adv_train: bool = True
     train_eps: float = in_range(8 / 255, low=0)
     train_steps: int = in_range(10, low=1)
     train_step_size: float = in_range(0.0, low=0)  # 0: 2.5·ε/steps (the official code)
     train_attack_loss: str = one_of("margin", TRAIN_ATTACK_LOSSES)  # the flip loss PGD maximizes during training
+    train_attack_mode: str = one_of("eval", TRAIN_ATTACK_MODES)  # "train": dropout on while attacking (official)
     # the training PGD's forward + input gradient through torch.compile (attacks/compiled_step.py);
     # a speed option: pays off once a fit's steps amortize the compilation (default off)
     train_attack_compile: bool = False
@@ -100,12 +115,33 @@ class PatchGuardConfig(DetectorConfig):
     def __post_init__(self):
         super().__post_init__()
         self.reg_layers = tuple(int(i) for i in self.reg_layers)
+        self.feature_layers = tuple(int(i) for i in self.feature_layers)
+        for layer in self.feature_layers:
+            if layer == 0 or abs(layer) > self.vit_depth:
+                raise ConfigValueError("feature_layers", self.feature_layers,
+                                       f"blocks 1..{self.vit_depth} or -1..-{self.vit_depth} (from the end)")
+        if self.arch == "robustad" and self.feature_blocks != (self.vit_depth - 1,):
+            raise ConfigValueError("feature_layers", self.feature_layers,
+                                   "the last block only with arch=robustad (several layers: arch=official)")
+        if self.arch == "robustad" and self.disc_layers != 1:
+            raise ConfigValueError("disc_layers", self.disc_layers, "1 with arch=robustad (more: arch=official)")
+        if self.weights and self.arch != "official":
+            raise ConfigValueError("weights", self.weights, "arch=official too (released weights are of the "
+                                   "official network: --profile official or --config arch=official)")
+        if self.arch == "official":
+            last = max(self.feature_blocks)
+            late = [i + 1 for i in self.regularized_blocks if i > last]
+            if late:
+                raise ConfigValueError("reg_layers", self.reg_layers,
+                                       f"blocks up to the last feature layer ({last + 1}) with arch=official; "
+                                       f"{late} are never run")
         if self.image_size < self.patch_size or self.image_size % self.patch_size:
             raise ConfigValueError("image_size", self.image_size, f"a multiple of patch_size={self.patch_size}")
         if self.vit_embed_dim % self.vit_heads:
             raise ConfigValueError("vit_embed_dim", self.vit_embed_dim, f"a multiple of vit_heads={self.vit_heads}")
-        if self.discriminator and self.vit_embed_dim % self.disc_heads:
-            raise ConfigValueError("vit_embed_dim", self.vit_embed_dim, f"a multiple of disc_heads={self.disc_heads}")
+        disc_width = self.vit_embed_dim * (len(self.feature_layers) if self.arch == "official" else 1)
+        if self.discriminator and disc_width % self.disc_heads:
+            raise ConfigValueError("disc_heads", self.disc_heads, f"a divisor of the discriminator's width {disc_width}")
         for layer in self.reg_layers:
             if layer == 0 or abs(layer) > self.vit_depth:
                 raise ConfigValueError("reg_layers", self.reg_layers,
@@ -130,6 +166,11 @@ class PatchGuardConfig(DetectorConfig):
     def delta(self) -> float:
         """δ of eq. 4: delta_scale / N."""
         return self.delta_scale / self.num_patches
+
+    @property
+    def feature_blocks(self) -> tuple[int, ...]:
+        """`feature_layers` as 0-based ViT block indices, in the given order (the concatenation's)."""
+        return tuple(i - 1 if i > 0 else self.vit_depth + i for i in self.feature_layers)
 
     @property
     def regularized_blocks(self) -> tuple[int, ...]:
@@ -160,4 +201,24 @@ QUICK = PatchGuardConfig(
 # `quick` with twice the width and three times the epochs (about an hour per category on 2 cores).
 LONG = dataclasses.replace(QUICK, vit_embed_dim=192, epochs=900)
 
-PROFILES = {Profile.PAPER: PAPER, Profile.QUICK: QUICK, Profile.LONG: LONG}
+# The official code as shipped (rohban-lab/PatchGuard, main.py defaults and train_model.py): its
+# network (`official_model.py`: dinov2 ViT-S/14 with class token and LayerScale, features of block 12,
+# discriminator with 4 heads), KL(uniform ‖ A) on blocks 6, 9, 12, a patch anomalous when any pixel
+# is, top-3 scoring, AdamW with the default weight decay 0.01 (its --wd is never passed), 1000 epochs,
+# PGD-10 in training, its cut-paste pseudo anomalies. `weights=PATH` evaluates the authors' release.
+OFFICIAL = PatchGuardConfig(
+    arch="official",
+    feature_layers=(12,),
+    layer_scale_init=1e-5,
+    reg_type="kl",
+    reg_layers=(6, 9, 12),
+    kl_weights=(0.005, 0.01, 0.05),
+    patch_label_rule="any",
+    top_k=3,
+    weight_decay=0.01,
+    epochs=1000,
+    pseudo_anomaly="official",
+    train_attack_mode="train",
+)
+
+PROFILES = {Profile.PAPER: PAPER, Profile.QUICK: QUICK, Profile.LONG: LONG, Profile.OFFICIAL: OFFICIAL}

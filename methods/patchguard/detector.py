@@ -25,6 +25,24 @@ from robustad.methods.patchguard.training_batches import training_batches
 from robustad.methods.registry import register_method
 
 
+def symmetric_gaussian_filter(maps: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    """`scipy.ndimage.gaussian_filter(maps, sigma, radius=radius, axes=(1, 2))` on (B, H, W) in torch:
+    the same normalized kernel, borders extended by mirroring with the edge pixel repeated ("reflect")."""
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    out = maps
+    for dim in (1, 2):
+        size = out.shape[dim]
+        index = torch.arange(-radius, size + radius, device=maps.device)
+        period = 2 * size
+        index = index % period
+        index = torch.where(index >= size, period - 1 - index, index)  # d c b a | a b c d | d c b a
+        padded = out.index_select(dim, index)
+        out = sum(kernel[k] * padded.narrow(dim, k, size) for k in range(2 * radius + 1))
+    return out
+
+
 def build_pseudo_anomaly_generator(config: PatchGuardConfig):
     """The pseudo-anomaly generator named by the config (`pseudo_anomalies.py`, paper §5.1)."""
     from robustad.methods.patchguard.pseudo_anomalies import create_pseudo_anomaly_generator
@@ -38,6 +56,7 @@ def build_pseudo_anomaly_generator(config: PatchGuardConfig):
         k_hard=config.k_hard,
         size_range=config.anomaly_size,
         min_change=config.anomaly_min_change,
+        official_min_side=config.official_min_side,
     )
 
 
@@ -112,7 +131,18 @@ class PatchGuard(Detector):
 
     def __init__(self, config: PatchGuardConfig | None = None, **overrides):
         super().__init__(config, **overrides)
-        self.net = PatchGuardNet(self.config)
+        self.released_weights: dict | None = None  # {"path", "sha256", "source"} with weights=
+        if self.config.arch == "official":
+            from robustad.methods.patchguard.official_model import OfficialPatchGuardNet
+
+            self.net = OfficialPatchGuardNet(self.config)
+        else:
+            self.net = PatchGuardNet(self.config)
+        if self.config.weights:
+            from robustad.methods.patchguard.released_weights import load_released_weights
+
+            self.released_weights = load_released_weights(self.net, self.config.weights)
+            self.eval()
 
     # -- M(x), S(x), pixel map --------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:
@@ -147,6 +177,8 @@ class PatchGuard(Detector):
         radius = max(1, round(self.config.smoothing_radius * height / 224))
         if sigma <= 0:
             return upsampled
+        if self.config.arch == "official":  # scipy.ndimage.gaussian_filter's border rule, as the official get_auc
+            return symmetric_gaussian_filter(upsampled, sigma, radius)
         return gaussian_blur(upsampled.unsqueeze(1), [2 * radius + 1] * 2, [sigma, sigma]).squeeze(1)
 
     # -- training ---------------------------------------------------------------------------
@@ -168,6 +200,10 @@ class PatchGuard(Detector):
         state, so whatever it does (an attack, a forward pass) leaves the trained model as without it.
         """
         config = self.config
+        if self.released_weights is not None:
+            raise RuntimeError(
+                f"patchguard.fit: this detector holds the authors' released weights ({config.weights}); it is "
+                f"evaluated as it is, not trained (drop --config weights= to train the official recipe)")
         images = training_images(train_set, config.image_size, config.patch_size)
         device = next(self.parameters()).device
         generator = derived_generator()  # follows the cell's seed (robustad.core.seeding)

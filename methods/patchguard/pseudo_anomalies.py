@@ -32,7 +32,7 @@ from robustad.core.registry import Registry
 from robustad.methods.patchguard.foreground import ForegroundEstimator
 from robustad.methods.patchguard.hard_transforms import CHANGED_PIXEL_DELTA, apply_hard_transforms
 
-GENERATORS = ("ours", "cutpaste", "fpi", "nsa")
+GENERATORS = ("ours", "cutpaste", "fpi", "nsa", "official")
 
 PSEUDO_ANOMALY_GENERATORS: Registry = Registry("pseudo-anomaly generator")
 register_generator = PSEUDO_ANOMALY_GENERATORS.register
@@ -211,11 +211,16 @@ def create_pseudo_anomaly_generator(name: str, *, foreground: str = "auto", grad
                                     cache_dir: str | None = None, k_soft: int = 3,
                                     k_hard: int = 2,
                                     size_range: tuple[float, float] = ForegroundAwareGenerator.SIZE_RANGE,
-                                    min_change: float = CHANGED_PIXEL_DELTA) -> PseudoAnomalyGenerator:
+                                    min_change: float = CHANGED_PIXEL_DELTA,
+                                    official_min_side: int = 14) -> PseudoAnomalyGenerator:
     """Builds a generator by name (one of `GENERATORS`). The foreground options (`foreground`,
     `gradcam_weights`, `cache_dir`, `k_soft`) and `k_hard` configure "ours"; the other generators
-    follow their own papers and ignore them (Table 6 keeps the rest of the pipeline fixed)."""
+    follow their own papers and ignore them (Table 6 keeps the rest of the pipeline fixed); "official"
+    (the official code's cut-paste) takes the foreground options and `official_min_side`."""
     cls = PSEUDO_ANOMALY_GENERATORS.get(name)
+    if name == "official":
+        return cls(foreground=foreground, gradcam_weights=gradcam_weights, cache_dir=cache_dir, k_soft=k_soft,
+                   min_side=official_min_side)
     if cls is ForegroundAwareGenerator:
         return cls(foreground=foreground, gradcam_weights=gradcam_weights, cache_dir=cache_dir,
                    k_soft=k_soft, k_hard=k_hard, size_range=size_range, min_change=min_change)
@@ -223,4 +228,4 @@ def create_pseudo_anomaly_generator(name: str, *, foreground: str = "auto", grad
 
 
 # The alternatives of Table 6 register themselves; imported last, as they build on the base above.
-from robustad.methods.patchguard import cutpaste, fpi, nsa  # noqa: E402,F401
+from robustad.methods.patchguard import cutpaste, fpi, nsa, official_cutpaste  # noqa: E402,F401
