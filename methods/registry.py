@@ -66,8 +66,17 @@ def method_config(name: str, profile: str | Profile = Profile.QUICK, **overrides
         if overrides:
             _refuse_config(name, cls, overrides)
         return None
-    preset = cls.profiles.get(profile) or cls.profiles.get(Profile.QUICK) or cls.config_class()
-    return make_config(cls, preset, **overrides)
+    return make_config(cls, profile_preset(cls, profile), **overrides)
+
+
+def profile_preset(cls, profile: Profile):
+    """The method's preset for `profile`. A method without its own `official` preset takes its `paper`
+    one (its paper's settings are what its authors' code ships); one without a `long` preset, `quick`."""
+    fallbacks = (Profile.PAPER,) if profile is Profile.OFFICIAL else ()
+    for candidate in (profile, *fallbacks, Profile.QUICK):
+        if candidate in cls.profiles:
+            return cls.profiles[candidate]
+    return cls.config_class()
 
 
 def typed_config_overrides(name: str, profile: str | Profile, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -47,3 +47,15 @@ def test_create_method_names_the_method_and_the_option():
     with pytest.raises(ValueError, match=r"reg_type='l2'.*expected one of paper, kl"):
         create_method("patchguard", reg_type="l2")
     assert create_method("patchguard", alpha="0").config == create_method("patchguard", alpha="0.0").config
+
+
+@pytest.mark.parametrize("method", ["patchcore", "simplenet", "draem", "glass", "recontrast", "generalad"])
+def test_a_method_without_an_official_preset_takes_its_paper_one(method):
+    from robustad.core.profiles import Profile
+    from robustad.methods import method_config
+    from robustad.methods.registry import resolve_method
+
+    cls = resolve_method(method)
+    assert Profile.OFFICIAL not in cls.profiles
+    assert method_config(method, "official") == cls.profiles[Profile.PAPER]
+    assert method_config(method, "long") == cls.profiles[Profile.QUICK]
