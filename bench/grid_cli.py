@@ -1,6 +1,7 @@
 """`bench grid list|show` and `bench run --grid`: grid files (`bench/grid.py`) on the command line."""
 from __future__ import annotations
 
+import os
 import sys
 
 from robustad.bench.grid import count_trainings, describe_grid, expand_grid, grid_summary_line, load_grid, \
@@ -22,7 +23,7 @@ def parse_roots(items: list[str] | None) -> dict:
         if dataset in roots:
             which = f"dataset {dataset}" if dataset else "every dataset (a plain --root DIR)"
             raise ValueError(f"--root {item!r}: a second root for {which}; give one per dataset as DATASET=DIR")
-        roots[dataset] = path
+        roots[dataset] = os.path.expanduser(path)  # `mvtec=~/data` where the shell left the ~
     return roots
 
 

@@ -30,7 +30,7 @@ class ReleasedWeightsError(ValueError):
 
 def released_weights_file(directory, method: str, dataset: str, category: str) -> Path:
     """The file of one category in a folder of released weights: `<method>_<dataset>_<category>.pth`."""
-    return Path(directory) / f"{method}_{dataset}_{category}.pth"
+    return Path(directory).expanduser() / f"{method}_{dataset}_{category}.pth"
 
 
 def missing_released_weights(directory, method: str, dataset: str, categories) -> list[Path]:
@@ -41,7 +41,7 @@ def missing_released_weights(directory, method: str, dataset: str, categories) -
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """The state_dict in `path`, read with `weights_only=True`; refuses anything else, naming the file."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise ReleasedWeightsError(
             f"--config weights={path}: a folder; a bench run picks <method>_<dataset>_<category>.pth from it per "
@@ -101,7 +101,7 @@ def load_released_weights(net: torch.nn.Module, path) -> dict:
 
     Returns what a record stores: {"path", "sha256", "source"}.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     given = read_state_dict(path)
     differences = state_dict_differences(net.state_dict(), given)
     if differences:
