@@ -31,7 +31,7 @@ from robustad.bench.record_loading import load_records
 from robustad.bench.records import Record, records_dir
 from robustad.bench.reference_values import load_reference_or_none, reference_value
 from robustad.bench.report_flags import FLAG_KINDS, Flag, attack_flags, missing_flag, profile_flags
-from robustad.bench.tables import NORM_NAMES, TASK_METRIC, TASKS, AttackSetting
+from robustad.bench.tables import NORM_NAMES, TASK_METRIC, TASK_OBJECTIVE, TASKS, AttackSetting
 from robustad.core.files import write_text_atomic
 
 TEMPLATES = Path(__file__).parent / "report_templates"
@@ -178,6 +178,8 @@ class ReportBuilder:
         """The reference value of a row (method, config) on a dataset's mean or a category."""
         if self.reference is None:
             return None
+        if column is not None and column.setting.objective != TASK_OBJECTIVE[task]:
+            return None  # an AD figure is the detection objective's, an AL figure the localization's
         sample = records[0] if records else None
         attacks = [column.reference_attack] if column else sorted({c.reference_attack for c in self.columns(records)})
         for attack in attacks:
@@ -263,10 +265,17 @@ class ReportBuilder:
         for key in row_keys:
             mine = [r for r in records if category_of(r) == key]
             clean = category_value(mine, "clean", metric, prefix)
+            sample = mine[0] if mine else None
+            if sample is not None:  # one method row on one category: the reference's per-category figure
+                clean.paper = self.paper(row_key(sample), dataset, sample.category, task, None, mine)
+                clean.paper_number = getattr(clean.paper, "clean", None)
             attacked = []
             for column in columns:
                 theirs = [r for r in mine if Column.of(r) == column]
                 value = category_value(theirs, "adversarial", metric, prefix) if theirs else Value(None, title="not run")
+                if theirs:
+                    value.paper = self.paper(row_key(theirs[0]), dataset, theirs[0].category, task, column, theirs)
+                    value.paper_number = getattr(value.paper, "adversarial", None)
                 attacked.append(value)
             rows.append({"label": row_label(key), "href": row_href(key), "clean": clean, "attacks": attacked})
         return {"task": task, "task_name": TASK_NAMES[task], "columns": columns, "rows": rows}
@@ -334,6 +343,7 @@ def write_report(results, out, *, reference: str | None = "paper", margin: float
         raise ValueError(f"--results {results}: no result records to report on")
     builder = ReportBuilder(records, load_reference_or_none(reference, log), margin)
     env = _environment()
+    env.globals["reference_name"] = builder.reference.short_name if builder.reference is not None else "paper"
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "rows", ignore_errors=True)
     shutil.rmtree(out / "categories", ignore_errors=True)

@@ -183,12 +183,21 @@ def test_reference_figures_stand_beside_the_measured_ones(tiny_run, tmp_path):
     results, _ = tiny_run
     csv = tmp_path / "mine.csv"
     csv.write_text("table,method,dataset,category,task,attack,clean,adversarial,norm,eps\n"
-                   f"T9,{TINY},mvtec,mean,AL,pgd-3,97.5,61.25,linf,8/255\n")
+                   f"T9,{TINY},mvtec,mean,AL,pgd-3,97.5,61.25,linf,8/255\n"
+                   f"T9,{TINY},mvtec,alpha,AL,pgd-3,96.5,58.75,linf,8/255\n"
+                   f"T9,{TINY},mvtec,alpha,AD,pgd-3,91.5,33.75,linf,8/255\n")
     site = report(results, tmp_path / "site", reference=str(csv))
     index = (site / "index.html").read_text()
-    assert "paper 61.2" in index  # PGD-3, AL
-    assert "paper 97.5" in index  # the clean figure
+    assert "ref 61.2" in index  # PGD-3, AL
+    assert "ref 97.5" in index  # the clean figure
     assert index.count('class="paper"') == 2
+    # a category's page shows that category's figures; the tiny run attacked the localization
+    # objective only, so the AD figure of an attack (the detection objective's) stands nowhere
+    alpha = next((site / "categories").glob("mvtec__alpha-*.html")).read_text()
+    assert "ref 58.8" in alpha and "ref 96.5" in alpha and "ref 91.5" in alpha
+    assert "ref 33.8" not in alpha
+    paper = (report(results, tmp_path / "site-paper", reference="paper") / "index.html").read_text()
+    assert 'class="paper"' not in paper  # the paper has no figure of the tiny detector
     with pytest.raises(ValueError, match="nothing.csv"):
         report(results, tmp_path / "site2", reference=str(tmp_path / "nothing.csv"))
 
