@@ -92,13 +92,31 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: 
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def count_flops(function) -> int:
-    """FLOPs of the matmuls, convolutions and attention inside `function()` (torch's counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def flops_by_op(function) -> dict[str, int]:
+    """FLOPs of the matmuls, convolutions and attention inside `function()`, per aten op (torch's counter).
 
-    with FlopCounterMode(display=False) as counter:
+    torch's counter knows the CUDA attention kernels only; the CPU flash-attention kernels get the
+    same formulas here, so that a CPU count includes attention (the backward's recomputation
+    counted as the CUDA kernels' is: 2.5× the forward)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    aten = torch.ops.aten
+    cpu_attention = {aten._scaled_dot_product_flash_attention_for_cpu: forward,
+                     aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
         function()
-    return counter.get_total_flops()
+    return {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+
+
+def count_flops(function) -> int:
+    """Total FLOPs of `function()` (`flops_by_op`)."""
+    return sum(flops_by_op(function).values())
 
 
 def input_gradient_only(objective, images):

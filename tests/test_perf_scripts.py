@@ -1,5 +1,6 @@
-"""The performance scripts of issue #30: the scaling fit recovers known exponents, and the GPU check
-script runs end to end in its tiny CPU mode, writing every step's JSON."""
+"""The performance scripts of issue #30: the scaling fit recovers known exponents, the FLOP count
+includes the CPU's attention kernels, and the GPU check script runs end to end in its tiny CPU
+mode, writing every step's JSON."""
 import json
 import os
 import subprocess
@@ -36,6 +37,44 @@ def test_a_factor_that_never_varies_has_no_exponent(scaling):
 def test_sweep_points_hold_the_other_factors_at_the_base(scaling):
     points = scaling.sweep_points([1, 4], [2, 8], [16, 32], (4, 2, 16))
     assert points == [(1, 2, 16), (4, 2, 16), (4, 8, 16), (4, 2, 32)]
+
+
+def test_flop_count_includes_the_cpu_attention_kernels():
+    import torch
+    import torch.nn.functional as F
+
+    throughput = load_benchmark("attack_throughput")
+    b, heads, n, d = 2, 3, 16, 8
+    q, k, v = (torch.randn(b, heads, n, d, requires_grad=True) for _ in range(3))
+    forward = throughput.count_flops(lambda: F.scaled_dot_product_attention(q, k, v))
+    both = throughput.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
+    assert forward == 2 * (2 * b * heads * n * n * d)  # q·kᵀ and p·v
+    assert both == forward + 5 * (2 * b * heads * n * n * d)  # the backward recomputes q·kᵀ: five matmuls
+
+
+def test_step_bound_accounts_for_the_step(capsys):
+    bound = load_benchmark("attack_step_bound")
+    s = bound.main(["--profile", "quick", "--rounds", "1", "--matmul-repeats", "1", "--levers", "math_attention",
+                    "--json"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(s))  # the printed object is the result
+    flops = s["flops_gflop"]
+    assert flops["ours"]["attention"] > 0 and flops["ours"]["linear"] > 0
+    assert flops["official"]["linear"] > flops["ours"]["linear"]  # parameter gradients
+    assert flops["official"]["attention"] == pytest.approx(flops["ours"]["attention"])
+    assert s["equal_efficiency_ceiling"] == pytest.approx(flops["official"]["total"] / flops["ours"]["total"])
+    assert sum(s["ours_profile_shares"].values()) == pytest.approx(1.0)
+    assert sum(s["ours_profile_s"].values()) == pytest.approx(s["ours_s"])
+    assert s["floor_s"] == pytest.approx(s["linear_matmuls_alone_s"] + s["attention_at_peak_s"])
+    assert s["peak_ceiling"] == pytest.approx(s["official_s"] / s["floor_s"])
+    assert sum(shape["count"] for shape in s["linear_shapes"]) > 0
+    assert 0 <= s["levers"]["math_attention"]["gradient_signs_equal"] <= 1
+
+
+def test_step_bound_refuses_an_unknown_lever(capsys):
+    bound = load_benchmark("attack_step_bound")
+    with pytest.raises(SystemExit):
+        bound.parse_args(["--levers", "warp"])
+    assert "--levers: unknown ['warp']" in capsys.readouterr().err
 
 
 def test_gpu_check_tiny_mode_writes_every_measurement(tmp_path):
