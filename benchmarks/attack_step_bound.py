@@ -28,7 +28,7 @@ gradient signs equal to eager's): `compiled` (`PGD(compile=True)`'s forward thro
 
 Times are process CPU times at `--threads 1` (default): the ceiling is per core.
 
-    python benchmarks/attack_step_bound.py --rounds 5 --levers all      # paper PatchGuard, ~5 min
+    python benchmarks/attack_step_bound.py --rounds 7 --levers all      # paper PatchGuard, ~2 min
 """
 from __future__ import annotations
 
@@ -98,6 +98,8 @@ def linear_matmuls_alone(shapes: Counter, repeats: int) -> float:
 
 
 def square_matmul_gflops(size: int, repeats: int) -> float:
+    """GFLOP per CPU second of a (size × size) product: the peak, timed like the steps (not
+    `attack_throughput.matmul_tflops`'s wall time, which load from other processes would lower)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     return 2 * size**3 / best_time(lambda: a @ b, repeats) / 1e9
 
