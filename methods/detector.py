@@ -55,6 +55,17 @@ class Detector(nn.Module):
     config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
     profiles: ClassVar[dict[Profile, DetectorConfig]] = {}
 
+    # -- declared capabilities (the harness reads these; it names no method) ----------------------
+    # False: a detection-only method. M(x) is one cell per image, (B, 1, 1), and S(x) its value; pixel
+    # metrics are null and the localization objective is refused before any training.
+    localizes: ClassVar[bool] = True
+    # True: forward draws fresh noise on every call. Attacks average their gradients over several
+    # draws (EOT) and evaluations are repeated, their spread recorded.
+    randomized: ClassVar[bool] = False
+    # True: a transductive detector. Before the clean pass the runner calls
+    # `set_test_references(images)` with the whole clean test set, fixed for the attack that follows.
+    uses_test_references: ClassVar[bool] = False
+
     def __init__(self, config: DetectorConfig | None = None, **overrides: Any):
         super().__init__()
         self.config = make_config(type(self), config, **overrides)
@@ -71,6 +82,13 @@ class Detector(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Anomaly logits M(x), shape (B, h, w); differentiable in `images`."""
         raise NotImplementedError
+
+    def set_test_references(self, images: torch.Tensor) -> None:
+        """Transductive detectors only (`uses_test_references = True`): the clean test images (N, 3, H, W)
+        this detector scores every image against. Called once per evaluation, before any attack; the
+        attacker perturbs only the scored image, never these references."""
+        raise NotImplementedError(f"{type(self).__name__} declares uses_test_references but does not "
+                                  f"implement set_test_references")
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
         """Image scores S(x), shape (B,): the mean of the top-k cells of M."""
