@@ -83,6 +83,31 @@ class Detector(nn.Module):
         """Anomaly logits M(x), shape (B, h, w); differentiable in `images`."""
         raise NotImplementedError
 
+    # -- hooks the harness calls (defaults do nothing special) -----------------------------------
+    @classmethod
+    def check_before_run(cls, config: DetectorConfig | None, dataset: str, categories: list[str]) -> None:
+        """Checks what `config` names outside itself (folders, weights files, exposure images) for these
+        cells, before any training: raise a ValueError naming the `--config` option, the file and what
+        was expected. Default: nothing to check."""
+
+    @classmethod
+    def cell_overrides(cls, overrides: dict[str, Any], dataset: str, category: str) -> dict[str, Any]:
+        """The config overrides one cell's detector is built with, from those the user gave (e.g. a
+        folder of per-category weights files becomes this category's file). Default: unchanged."""
+        return dict(overrides)
+
+    @classmethod
+    def cost_prior(cls, profile: Profile) -> tuple[float, float] | None:
+        """(fit seconds per training image, attack seconds per image·step) on this profile's device,
+        for planning before any record of this method exists; None: the harness's generic prior."""
+        return None
+
+    @property
+    def given_weights(self) -> dict | None:
+        """{"path", "sha256", "source"} when this detector holds weights loaded from a file the user
+        gave: it is evaluated as it is, never trained, and the record names the file. Default: None."""
+        return None
+
     def set_test_references(self, images: torch.Tensor) -> None:
         """Transductive detectors only (`uses_test_references = True`): the clean test images (N, 3, H, W)
         this detector scores every image against. Called once per evaluation, before any attack; the
