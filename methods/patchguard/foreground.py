@@ -303,8 +303,13 @@ class ForegroundEstimator:
         return self.cache_root / "foreground" / f"{self.choice.cache_name}-ksoft{self.k_soft}"
 
     def network(self) -> GradCamNetwork:
+        """The Grad-CAM CNN, built on first use. Building a network draws its initial weights from torch's
+        global generator; that happens only when a map is missing from the cache, so it is done on a
+        forked generator state: a cold cache leaves the generators as a warm one does, and the same
+        command and seed train the same model either way."""
         if self._network is None:
-            self._network = load_gradcam_network(self.choice)
+            with torch.random.fork_rng(devices=[]):
+                self._network = load_gradcam_network(self.choice)
         return self._network
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
