@@ -25,9 +25,7 @@ Changes for anomaly maps (PatchGuard paper §3, appendix H):
 
 Defaults (`create_attack("apgd")`): 100 iterations, one restart, random start (drawn per image),
 ρ = 0.75, loss `margin`; `apgd-1000` sets the iterations. The margin is the default because the
-CE saturates on confident units: APGD-CE left PatchCore (efficientnet_lite0, `textures`/brick, 24
-images, 10 iterations, ε = 8/255) at 44.4 pixel AUROC where PGD-10 reached 1.5, and issue #25
-measured 79.1 against 65.1 with the margin on a tiny detector (`docs/attacks.md`). APGD-CE stays
+CE saturates on confident units (measured in `docs/findings/attack-invariance.md`). APGD-CE stays
 inside AutoAttack (`attacks/autoattack.py`) and is `loss=ce`. The threat model's step size is not used (APGD
 adapts its own, starting at 2ε).
 

@@ -31,7 +31,7 @@ of the detector's logits):
   shrink or grow its norm: `robustad.attacks.flip_success` (all units past the clean units of the
   other kind in the whole test set: the calibration's thresholds, not the batch's). Changes: the norm starts at ε and never exceeds it, the step is cosine-annealed from
   2·ε (DDN's 1 at CIFAR's ε = 0.5) to 1% of that, the gradient is that of the flip loss rather than
-  CE (non-saturating, DESIGN.md), and there is no 8-bit quantization (it could leave the ε-ball).
+  CE (non-saturating, docs/design.md), and there is no 8-bit quantization (it could leave the ε-ball).
 The adaptive step-size ascent is CAA's: step 2·magnitude, halved (and restarted from the member's
 best point) at APGD-style checkpoints when the loss oscillated or stopped improving. It is not
 `attacks/apgd.py`'s `apgd_ascent`, which projects onto one ball: a CAA member must stay inside its

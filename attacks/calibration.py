@@ -7,8 +7,7 @@ the success test of A³ and DDN. Reading m itself as the logits [0, m] assumes a
 with BCE, whose boundary is m = 0 and whose scale is that of a log-odds. Detectors' logits have
 any scale and offset (PatchCore's distances are ≥ 0, ReContrast's cosine distances lie in [0, 1]):
 on those, every normal unit reads as misclassified, masked CE ignores the normal units and CE
-saturates (issue #25: pixel AUROC under APGD-CE 79.1 with the detector's own logits, 96.6 with the
-same logits + 10).
+saturates, so an attack's strength would depend on the logits' offset.
 
 `UnitCalibration` fixes the reading once, from the clean unit logits of a whole test set, and every
 attack sees the calibrated logit

@@ -14,9 +14,9 @@ calibrated units): τ_up is the highest clean logit of the whole test set's anom
 of the other kind, so when every image succeeds, every anomalous unit scores below every normal
 unit and AUROC is 0. A fixed midpoint would not do: AUROC ranks units, so an image that only just
 crossed a midpoint still loses to the unbroken images, and discarding it early weakens the attack.
-Taking them from the batch (as this module once did) made success depend on the batch: in a
-label-sorted test set, a batch of normal images only "succeeded" at A³'s random start and was never
-attacked again (issue #25). A single number τ for both is accepted too.
+Taking them from the batch would make success depend on the batch: in a label-sorted test set, a
+batch of normal images would "succeed" at A³'s random start and never be attacked again. A single
+number τ for both is accepted too.
 
 `success_margin` is how far an image is from success, in calibrated units (> 0 exactly when it is
 successful): A³ ranks images by it to discard the hardest, as the official code ranks by the

@@ -5,7 +5,7 @@ gives an image different numbers depending on which images share its batch and w
 it: the same test set cut into batches differently (label-sorted or shuffled, 16 or 64 images)
 gives a different result. `ImageRandom(images, seed, stream)` keeps one generator per image, seeded
 from (seed, stream, a 64-bit BLAKE2 digest of the image's float32 pixels), so an image draws the
-same numbers wherever it is (DESIGN.md: an attack's strength must not change with how the test set
+same numbers wherever it is (docs/design.md: an attack's strength must not change with how the test set
 is cut into batches). Two identical images draw the same numbers, which changes nothing.
 
 Each draw returns a tensor (B, *shape) on the images' device: row i from image i's generator.

@@ -7,7 +7,7 @@ attack flips them: it raises the logits of normal units and lowers those of anom
 Losses (per image, to maximize):
 - `margin` (default, non-saturating): mean logit of normal units − mean logit of anomalous units,
   the PatchGuard code's attack loss. A saturating BCE-flip loss stalls on confident models
-  (DESIGN.md, "measured while planning").
+  (docs/design.md, "Evaluation must be sound").
 - `ce`: mean binary cross-entropy of the units against their true targets (appendix H's "sum of
   cross-entropy" over patches; with per-cell two-class logits [0, m] this is exactly the
   untargeted CE that torchattacks maximizes). It saturates on confident models.

@@ -21,9 +21,8 @@ Changes for anomaly maps (PatchGuard paper, appendix H):
 
 - a fourth member, APGD on the margin loss (mean normal-unit logit − mean anomalous-unit logit,
   stepped by its own loss): the three segmentation losses all read units through a two-class
-  softmax and saturate on confident units, the margin does not. SEA's default set without it left
-  pixel AUROC 7-10 points above PGD's on PatchCore (figures in `docs/attacks.md`; issue #25: 75.1
-  without, 63.8 with it, PGD-50 66.6 on a tiny detector).
+  softmax and saturate on confident units, the margin does not; without it SEA's default set is
+  weaker than plain PGD (the measurements are in `docs/findings/attack-invariance.md`).
 
 Defaults (`create_attack("sea")`): 300 iterations per loss (the reference's setting; `sea-100`
 for fewer), losses masked-ce, balanced-ce, js, margin (`losses=masked-ce,balanced-ce,js` is the

@@ -10,9 +10,8 @@ Changes for anomaly maps (PatchGuard paper, appendix H: "applies these attacks p
   unit's calibrated logit m' = (m − τ)/s (`attacks/calibration.py`: τ and s from the whole test
   set's clean logits) is read as two-class logits [0, m'], so CE is the binary CE against the
   unit's true target and a unit is correct when (m' > 0) equals its target. Reading m itself
-  (m > 0 "anomalous") counted every unit of a detector with logits ≥ 0 (PatchCore) as anomalous:
-  issue #25 measured pixel AUROC 82.6 under SegPGD with a tiny detector's logits + 10, against
-  66.6 for PGD;
+  (m > 0 "anomalous") counts every unit of a detector with logits ≥ 0 (PatchCore) as anomalous,
+  and the attack's strength then depends on the logits' offset;
 - each image returns the iterate with the highest margin flip loss seen (AUROC has no
   threshold); the reference returns the last iterate.
 

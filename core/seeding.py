@@ -1,4 +1,4 @@
-"""One seed for every random generator a cell relies on (Detector contract, DESIGN.md).
+"""One seed for every random generator a cell relies on (Detector contract, docs/design.md).
 
 The rule: the runner (and `bench check`, the benchmark scripts, `create_method(..., seed=S)`)
 calls `seed_everything(seed)` right before a detector is constructed and again right before its

@@ -1,7 +1,7 @@
 """Every image a cell will use decodes, in full, before any training.
 
-A header read (`bench data info` used to do only that) passes a truncated PNG; the runner then
-trained and saved a model before the test split failed on it. `decode_problems` decodes each
+A header read passes a truncated PNG, which would fail only when the test split is read, after a
+model was trained and saved. `decode_problems` decodes each
 image and mask completely, as the loader does, and reports unreadable files, images too small to
 be real data (`MIN_IMAGE_SIDE`, or far smaller than the method's input) and masks whose size
 differs from their image's. Files found good are remembered per tree, keyed by their size and

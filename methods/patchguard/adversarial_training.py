@@ -11,7 +11,7 @@ The training attack. Eq. 6 maximizes L itself; the official code's `pgd_attack` 
 attack) maximizes the label-flipping margin loss: mean logit of normal patches − mean logit of
 anomalous patches. We follow the code and reuse the evaluation engine (`robustad.attacks.pgd.PGD`
 on an `AttackObjective` with the pseudo-anomaly patch targets, parameters frozen, eval mode): the
-BCE part of L saturates on a confident model (DESIGN.md, "measured while planning"), so PGD on it
+BCE part of L saturates on a confident model (docs/design.md, "Evaluation must be sound"), so PGD on it
 finds weaker points than the attack the model is evaluated against; `train_attack_loss="ce"`
 maximizes the (unregularized) BCE instead, the CE part of eq. 6.
 """
