@@ -83,7 +83,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack-batch", dest="attack_batch", type=int, default=None,
                    help="images attacked at once (default: the profile's test batch; halved on CUDA out-of-memory)")
     p.add_argument("--force", action="store_true", help="rerun cells whose record exists")
-    from robustad.bench.execution import add_execution_arguments
+    from robustad.bench.run.plan import add_execution_arguments
 
     add_execution_arguments(p)
 
@@ -124,7 +124,7 @@ def attack_options_of(args) -> dict:
 
 
 def build_specs(args) -> list:
-    from robustad.bench.runner import CellSpec, expand_categories
+    from robustad.bench.cells import CellSpec, expand_categories
 
     config = parse_config_items(args.config)
     attack_options = tuple(sorted(attack_options_of(args).items()))
@@ -152,8 +152,8 @@ def validate_run_arguments(args) -> None:
     from robustad.attacks import create_attack
     from robustad.methods import method_config
 
-    from robustad.bench.runner import expand_categories
-    from robustad.bench.validation import check_categories, check_eps, check_results_writable, check_weights_files
+    from robustad.bench.cells import expand_categories
+    from robustad.bench.run.validation import check_categories, check_eps, check_method_inputs, check_results_writable
 
     config = dict(parse_config_items(args.config))
     for method in args.method:
@@ -167,12 +167,12 @@ def validate_run_arguments(args) -> None:
         categories = expand_categories(dataset, root, args.category or "all")
         check_categories(dataset, root, categories)
         for method in args.method:
-            check_weights_files(method, dataset, categories, config.get("weights"))
+            check_method_inputs(method, args.profile, config, dataset, categories, args.objective)
     check_results_writable(args.results)
 
 
 def root_of(args, dataset: str) -> str | None:
-    from robustad.bench.grid_cli import parse_roots
+    from robustad.bench.cli_grid import parse_roots
 
     roots = parse_roots(args.root)
     return roots.get(dataset, roots.get(None))
@@ -183,12 +183,12 @@ CELL_OPTIONS = ("method", "dataset", "attack", "category", "norm", "eps", "steps
 
 
 def cmd_run(args) -> int:
-    from robustad.bench.execution import check_execution_arguments, execute_run
-    from robustad.bench.grid_cli import parse_roots
+    from robustad.bench.run.plan import check_execution_arguments, execute_run
+    from robustad.bench.cli_grid import parse_roots
 
     parse_roots(args.root)  # a malformed --root fails first
     if args.grid:
-        from robustad.bench.grid_cli import grid_specs
+        from robustad.bench.cli_grid import grid_specs
 
         given = [name for name in CELL_OPTIONS if getattr(args, name) is not None]
         if given:
@@ -196,7 +196,7 @@ def cmd_run(args) -> int:
                              f"copy it and edit the copy to change them)")
         check_execution_arguments(args)
         specs = grid_specs(args)
-        return execute_run(specs, args) if specs else 2
+        return execute_run(specs, args, show=print_record) if specs else 2
     missing = [name for name in ("method", "dataset") if not getattr(args, name)]
     if missing:
         raise ValueError(f"--{missing[0]} is required (or --grid NAME)")
@@ -205,25 +205,34 @@ def cmd_run(args) -> int:
     args.objective = args.objective or "localization"
     check_execution_arguments(args)
     validate_run_arguments(args)
-    return execute_run(build_specs(args), args)
+    return execute_run(build_specs(args), args, show=print_record)
+
+
+def print_record(record) -> None:
+    from robustad.bench.report.tables import format_cell_result
+
+    print(format_cell_result(record), flush=True)
 
 
 def cmd_table(args) -> int:
-    from robustad.bench.tables import build_table, load_records, write_tables
+    from robustad.bench.report.tables import build_table, load_records, write_tables
 
-    _, problems = load_records(args.results)
+    records, problems = load_records(args.results)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     filters = {k: getattr(args, k) for k in ("method", "dataset", "attack", "steps", "objective", "norm", "eps", "profile")}
     filters = {k: v for k, v in filters.items() if v is not None}
-    records, _ = load_records(args.results)
     reference = None
     if args.reference:
-        from robustad.bench.reference import load_reference
+        from robustad.bench.results.reference import load_reference
 
         reference = load_reference(args.reference)
+        from robustad.bench.report.tables import unmatched_reference_rows
+
+        for line in unmatched_reference_rows(reference, records):
+            print(f"warning: reference row {line}", file=sys.stderr)
     if args.grid:
-        from robustad.bench.grid_table import write_grid_table
+        from robustad.bench.report.grid_table import write_grid_table
 
         extra = [name for name in filters if name != "profile"]
         if extra:
@@ -247,15 +256,27 @@ def cmd_table(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from robustad.bench.grid_cli import cmd_grid as grid
+    from robustad.bench.cli_grid import cmd_grid as grid
 
     return grid(args)
 
 
 def cmd_status(args) -> int:
-    from robustad.bench.status import cmd_status as status
+    from robustad.bench.run.jobs import grid_of
+    from robustad.bench.run.slurm import queued_groups
+    from robustad.bench.run.status import format_status, group_statuses
 
-    return status(args)
+    results = Path(args.results).expanduser().resolve()
+    groups, problems = grid_of(results)
+    for problem in problems:
+        print(f"warning: {problem}")
+    if not groups:
+        print(f"no grid in {results}: no job files under {results / 'jobs'} (bench run writes them)")
+        return 1
+    statuses = group_statuses(results, groups, queued=queued_groups(results))
+    print(f"{results}:")
+    print(format_status(statuses, verbose=args.verbose))
+    return 0
 
 
 def cmd_list(args) -> int:
@@ -265,19 +286,31 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_check(args) -> int:
-    from robustad.bench.runner import CellSpec
-    from robustad.bench.soundness import run_soundness
+def single_cell(args, attack: str):
+    """The one cell of `bench check` / `bench attention-degree`, checked as `bench run` checks its cells
+    (names, config, the method's own inputs, the objective), before any training."""
+    from robustad.bench.cells import CellSpec
+    from robustad.bench.run.validation import check_categories, check_eps, check_method_inputs
     from robustad.datasets import list_categories
 
+    root = root_of(args, args.dataset)
+    category = args.category or list_categories(args.dataset, root)[0]
+    check_categories(args.dataset, root, [category])
+    check_eps(args.norm, [parse_eps(args.eps)])
+    spec = CellSpec(method=args.method, dataset=args.dataset, category=category, attack=attack, norm=args.norm,
+                    eps=parse_eps(args.eps), eps_text=args.eps, steps=args.steps, seed=args.seed,
+                    profile=args.profile, objective=getattr(args, "objective", "localization"), root=root,
+                    config=parse_config_items(args.config))
+    check_method_inputs(spec.method, spec.profile, spec.config_overrides, spec.dataset, [category], spec.objective)
+    return spec
+
+
+def cmd_check(args) -> int:
     from robustad.attacks import create_attack
+    from robustad.bench.evaluation.soundness import run_soundness
 
     create_attack(args.attack, norm=args.norm, eps=parse_eps(args.eps))  # an unknown attack fails before training
-    category = args.category or list_categories(args.dataset, args.root)[0]
-    spec = CellSpec(method=args.method, dataset=args.dataset, category=category, attack=args.attack, norm=args.norm,
-                    eps=parse_eps(args.eps), eps_text=args.eps, steps=args.steps, seed=args.seed,
-                    profile=args.profile, objective=args.objective, root=args.root,
-                    config=parse_config_items(args.config))
+    spec = single_cell(args, args.attack)
     outcome, report = run_soundness(spec, results=args.results, device=args.device, max_images=args.max_images,
                                     margin=args.margin, log=lambda m: print(m, file=sys.stderr))
     print(report)
@@ -291,12 +324,15 @@ def cmd_data(args) -> int:
         if args.data_command == "info":
             from robustad.datasets.info import dataset_info, format_dataset_info
 
-            info = dataset_info(args.dataset, args.root)
+            info = dataset_info(args.dataset, root_of(args, args.dataset))
             print(json.dumps(info, indent=1) if args.format == "json" else format_dataset_info(info))
             return 1 if info.get("problems") or any(c.get("problems") for c in info["categories"].values()) else 0
         from robustad.datasets.download import download_dataset
 
-        path = download_dataset(args.name, args.root, url=args.url, sha256=args.sha256)
+        root = root_of(args, args.name)
+        if root is None:
+            raise ValueError(f"--root: no folder for dataset {args.name!r} (give DIR or {args.name}=DIR)")
+        path = download_dataset(args.name, root, url=args.url, sha256=args.sha256)
         print(f"{args.name} is ready in {path}")
         return 0
     except DatasetError as err:
@@ -305,29 +341,25 @@ def cmd_data(args) -> int:
 
 
 def cmd_attention_degree(args) -> int:
-    """Figure 2 of the paper: vulnerability against last-layer attention degree."""
+    """Figure 2 of the paper: vulnerability against attention degree, for a detector that exposes attention."""
     from robustad.attacks import create_attack
-    from robustad.bench.runner import CellSpec, fit_or_load
-    from robustad.datasets import create_dataset, list_categories
-    from robustad.methods import create_method
-    from robustad.methods.patchguard.attention_degree import attention_degree_report, save_attention_degree_report
+    from robustad.bench.evaluation.attention_degree import attention_degree_report, save_attention_degree_report
+    from robustad.bench.evaluation.prepare import prepare
+    from robustad.methods import resolve_method
 
-    category = args.category or list_categories(args.dataset, args.root)[0]
-    config = parse_config_items(args.config)
-    spec = CellSpec(method=args.method, dataset=args.dataset, category=category, attack=args.attack,
-                    norm=args.norm, eps=parse_eps(args.eps), eps_text=args.eps, steps=args.steps, seed=args.seed,
-                    profile=args.profile, root=args.root, config=config)
-    detector = create_method(args.method, profile=args.profile, seed=args.seed, **dict(config))
-    if not hasattr(detector, "forward_with_attention"):
-        raise ValueError(f"--method {args.method!r} exposes no attention maps (forward_with_attention)")
-    train_set = create_dataset(args.dataset, root=args.root, category=category, split="train", image_size=detector.image_size)
-    test_set = create_dataset(args.dataset, root=args.root, category=category, split="test", image_size=detector.image_size)
+    if not resolve_method(args.method).exposes_attention:
+        raise ValueError(f"--method {args.method!r} exposes no attention maps (its detector does not declare "
+                         f"exposes_attention)")
+    spec = single_cell(args, args.attack)
+    attack = create_attack(args.attack, norm=args.norm, eps=parse_eps(args.eps), steps=spec.resolved_steps(),
+                           seed=args.seed)
     results = Path(args.results).expanduser().resolve()
-    fit_or_load(detector.to(args.device), spec, results, train_set, lambda m: print(m, file=sys.stderr))
-    attack = create_attack(args.attack, norm=args.norm, eps=parse_eps(args.eps), steps=spec.resolved_steps(), seed=args.seed)
-    per_image, per_cluster = attention_degree_report(detector.eval(), test_set, attack, layer=args.layer, groups=args.groups)
+    with prepare(spec, results=results, device=args.device, log=lambda m: print(m, file=sys.stderr)) as prepared:
+        per_image, per_cluster = attention_degree_report(prepared.detector, prepared.test_set, attack,
+                                                         layer=args.layer, groups=args.groups)
     out = Path(args.out) if args.out else results / "attention_degree" / spec.cell_id()
-    paths = save_attention_degree_report(per_image, per_cluster, out, title=f"{args.method} {args.dataset}/{category}")
+    paths = save_attention_degree_report(per_image, per_cluster, out,
+                                         title=f"{args.method} {args.dataset}/{spec.category}")
     print(per_cluster.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     for kind, path in paths.items():
         print(f"{kind}: {path}", file=sys.stderr)
@@ -337,7 +369,7 @@ def cmd_attention_degree(args) -> int:
 def add_attention_degree_arguments(degree: argparse.ArgumentParser) -> None:
     degree.add_argument("--method", default="patchguard")
     degree.add_argument("--dataset", required=True)
-    degree.add_argument("--root", default=None)
+    add_root_argument(degree)
     degree.add_argument("--category", default=None, help="default: the first category")
     degree.add_argument("--attack", default="pgd")
     degree.add_argument("--norm", default="linf", choices=["linf", "l2"])
@@ -355,7 +387,7 @@ def add_attention_degree_arguments(degree: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args) -> int:
-    from robustad.bench.report import write_report
+    from robustad.bench.report.html import write_report
 
     index = write_report(args.results, args.out, reference=args.reference, margin=args.margin, maps=args.maps,
                          log=lambda m: print(m, file=sys.stderr))
@@ -381,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--steps", type=int, default=None, help="only records with this many attack steps")
     table.add_argument("--reference", default=None, metavar="paper|FILE",
                        help="put published figures beside the measured ones: the paper's (shipped) or a CSV "
-                            "in the same format (bench/paper_figures/README.md)")
+                            "in the same format (bench/results/paper_figures/README.md)")
     table.add_argument("--grid", default=None, help="lay the records of a grid out as its table (paper/table1 ...)")
     table.set_defaults(func=cmd_table)
 
@@ -398,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="soundness checks of the evaluation of one method")
     check.add_argument("--method", required=True)
     check.add_argument("--dataset", required=True)
-    check.add_argument("--root", default=None)
+    add_root_argument(check)
     check.add_argument("--category", default=None, help="default: the first category")
     check.add_argument("--norm", default="linf", choices=["linf", "l2"])
     check.add_argument("--eps", default="8/255", type=eps_argument)
@@ -421,11 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     info = data_sub.add_parser("info", help="counts and problems of a dataset tree, per category")
     info.add_argument("--dataset", required=True)
-    info.add_argument("--root", default=None)
+    add_root_argument(info)
     info.add_argument("--format", default="text", choices=["text", "json"])
     download = data_sub.add_parser("download", help="download, verify (SHA-256) and extract a dataset")
     download.add_argument("name")
-    download.add_argument("--root", required=True)
+    download.add_argument("--root", action="append", required=True, metavar="[DATASET=]DIR",
+                          help="where to put it: DIR, or DATASET=DIR")
     download.add_argument("--url", default=None, help="archive address (required where none is known)")
     download.add_argument("--sha256", default=None, help="expected SHA-256 of the archive")
     data.set_defaults(func=cmd_data)
@@ -435,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_attention_degree_arguments(degree)
     degree.set_defaults(func=cmd_attention_degree)
 
-    from robustad.bench.figure_commands import add_figure_parser
+    from robustad.bench.cli_figure import add_figure_parser
 
     add_figure_parser(sub, DEFAULT_RESULTS, add_attention_degree_arguments, cmd_attention_degree)
 

@@ -34,11 +34,11 @@ import torch
 
 from robustad.attacks import ATTACKS, create_attack, parse_eps
 from robustad.attacks.registry import split_attack_name
-from robustad.bench.affine_logits import AffineLogits
+from robustad.bench.evaluation.affine_logits import AffineLogits
 from robustad.bench.cli import parse_option_value
-from robustad.bench.runner import CellSpec, evaluate, fit_or_load
-from robustad.datasets import create_dataset
-from robustad.methods import create_method
+from robustad.bench.cells import CellSpec
+from robustad.bench.evaluation.evaluate import evaluate
+from robustad.bench.evaluation.prepare import prepare
 
 VARIANTS = {"plain": (1.0, 0.0, False), "shift": (1.0, 10.0, False), "scale": (0.1, 0.0, False),
             "shuffled": (1.0, 0.0, True)}
@@ -69,16 +69,12 @@ def generated_tree(results: str, n: int) -> Path:
 
 
 def trained_detector(args):
+    """The detector as `bench run` prepares it (fitted once, or its checkpoint loaded), and its test set."""
     config = dict(item.split("=", 1) for item in args.config or [])
-    detector = create_method(args.method, profile=args.profile, **config)
     spec = CellSpec(method=args.method, dataset=args.dataset, category=args.category, root=args.root,
                     seed=args.seed, profile=args.profile, config=tuple(sorted(config.items())))
-    train = create_dataset(args.dataset, root=args.root, category=args.category, split="train",
-                           image_size=detector.image_size)
-    test = create_dataset(args.dataset, root=args.root, category=args.category, split="test",
-                          image_size=detector.image_size)
-    fit_or_load(detector, spec, args.results, train, lambda message: print(message, file=sys.stderr))
-    return detector.eval(), test
+    with prepare(spec, results=args.results, log=lambda message: print(message, file=sys.stderr)) as prepared:
+        return prepared.detector, prepared.test_set
 
 
 def test_orders(test_set, max_images: int | None, seed: int):

@@ -48,7 +48,7 @@ from robustad.attacks import create_attack
 from robustad.attacks.batching import ChunkedAttack, default_max_batch
 from robustad.attacks.objectives import AttackObjective
 from robustad.attacks.threat_model import parse_eps
-from robustad.bench.metrics import image_auroc, pixel_auroc
+from robustad.bench.evaluation.metrics import image_auroc, pixel_auroc
 from robustad.datasets import create_dataset
 from robustad.methods import create_method
 

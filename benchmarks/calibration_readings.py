@@ -37,7 +37,7 @@ from robustad.attacks import create_attack, parse_eps  # noqa: E402
 from robustad.attacks.calibration import UnitCalibration  # noqa: E402
 from robustad.attacks.objectives import Objective, unit_targets  # noqa: E402
 from robustad.bench.cli import parse_option_value  # noqa: E402
-from robustad.bench.runner import evaluate  # noqa: E402
+from robustad.bench.evaluation.evaluate import evaluate  # noqa: E402
 
 READINGS = ("identity", "median-midpoint", "platt", "midpoint-s/4", "midpoint-4s")
 

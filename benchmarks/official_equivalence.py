@@ -121,7 +121,7 @@ def compare(directory: Path) -> dict:
     import torch
 
     from robustad.attacks import create_attack
-    from robustad.bench.metrics import image_auroc, pixel_auroc
+    from robustad.bench.evaluation.metrics import image_auroc, pixel_auroc
 
     official = torch.load(directory / "outputs.pt", map_location="cpu", weights_only=True)
     detector = robustad_detector(official["size"], directory / "state_dict.pth").eval()

@@ -54,7 +54,7 @@ def autocast(device: torch.device, precision: str):
 
 
 def aurocs(detector, adv, masks, labels, precision, device):
-    from robustad.bench.metrics import image_auroc, pixel_auroc
+    from robustad.bench.evaluation.metrics import image_auroc, pixel_auroc
 
     with torch.no_grad(), autocast(device, precision):
         logits = detector(adv).float()

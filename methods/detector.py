@@ -1,4 +1,4 @@
-"""The Detector interface every method implements (DESIGN.md, "Contracts").
+"""The Detector interface every method implements (docs/design.md, "Contracts").
 
 A detector maps images in [0, 1] of shape (B, 3, H, W) to anomaly logits M(x) on its own grid,
 (B, h, w), differentiably in the pixels; S(x) = `score(M)` and the pixel map `anomaly_map(M, size)`
@@ -97,9 +97,9 @@ class Detector(nn.Module):
         return dict(overrides)
 
     @classmethod
-    def cost_prior(cls, profile: Profile) -> tuple[float, float] | None:
-        """(fit seconds per training image, attack seconds per image·step) on this profile's device,
-        for planning before any record of this method exists; None: the harness's generic prior."""
+    def cost_prior(cls, config: DetectorConfig | None, profile: Profile) -> tuple[float, float] | None:
+        """(fit seconds per training image, attack seconds per image·step) on this profile's device, for
+        planning before any record of this method exists; None: the harness's generic prior."""
         return None
 
     @property
@@ -107,6 +107,15 @@ class Detector(nn.Module):
         """{"path", "sha256", "source"} when this detector holds weights loaded from a file the user
         gave: it is evaluated as it is, never trained, and the record names the file. Default: None."""
         return None
+
+    # True: `attention_degrees(images, layer)` gives each image's attention degree at a layer (the
+    # paper's Figure 2, `bench attention-degree`).
+    exposes_attention: ClassVar[bool] = False
+
+    def attention_degrees(self, images: torch.Tensor, layer: int | str = -1) -> torch.Tensor:
+        """Attention degree (B,) of `layer`: the mean number of tokens each token attends to (a
+        coefficient of at least 1/N counts). Only for detectors that declare `exposes_attention`."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no attention maps")
 
     def set_test_references(self, images: torch.Tensor) -> None:
         """Transductive detectors only (`uses_test_references = True`): the clean test images (N, 3, H, W)

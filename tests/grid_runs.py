@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from robustad.bench.records import Record, read_record
+from robustad.bench.results.records import Record, read_record
 from tests.sleepy_detector import METHOD, read_fit_log
 
 REPO = Path(__file__).resolve().parents[1]

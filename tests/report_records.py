@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from robustad.bench.records import Metrics, Record, write_record
+from robustad.bench.results.records import Metrics, Record, write_record
 from robustad.bench.runner import CellSpec, run_cell
 
 TINY = "tests.tiny_detector:TinyDetector"

@@ -1,6 +1,6 @@
 """Every attack is as strong on a·M + c as on M, and on any cut of the test set into batches (issue #25).
 
-DESIGN.md: an attack's strength must not change when M becomes a·M + c (a > 0), nor with how the
+docs/design.md: an attack's strength must not change when M becomes a·M + c (a > 0), nor with how the
 test set is cut into batches; anything that needs a threshold or a two-class reading takes it from
 the whole clean test set (`attacks/calibration.py`), random starts are drawn per image
 (`attacks/image_random.py`) and A³ sees the whole test set. Also: every `worst:` member keeps its
@@ -15,9 +15,10 @@ import torch
 from robustad.attacks import ATTACKS, create_attack
 from robustad.attacks.calibration import UnitCalibration
 from robustad.attacks.image_random import ImageRandom
-from robustad.bench.affine_logits import AffineLogits
-from robustad.bench.runner import CellSpec, evaluate, run_cell
-from robustad.bench.tables import AttackSetting
+from robustad.bench.evaluation.affine_logits import AffineLogits
+from robustad.bench.evaluation.evaluate import evaluate
+from robustad.bench.runner import CellSpec, run_cell
+from robustad.bench.report.tables import AttackSetting
 from robustad.datasets import create_dataset
 
 # Every attack of the package (the tests register fakes named test-*), at a budget that keeps the

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from robustad.bench.cli import build_parser, cmd_attention_degree, main
-from robustad.bench.example_maps import load_examples
-from robustad.bench.strength_figure import strength_points
+from robustad.bench.results.example_maps import load_examples
+from robustad.bench.report.strength_figure import strength_points
 from tests.report_records import TINY, crafted, write_records
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -9,14 +9,14 @@ import pytest
 
 from robustad.attacks import ATTACKS, Attack, register_attack
 from robustad.bench.cli import main
-from robustad.bench.executors.local import worker_slots
-from robustad.bench.executors.slurm import parse_slurm_time
-from robustad.bench.groups import (Job, RunOptions, group_id_of, make_groups, parse_shard, read_job,
+from robustad.bench.run.local import worker_slots
+from robustad.bench.run.slurm import parse_slurm_time
+from robustad.bench.cells import checkpoint_path, group_id_of
+from robustad.bench.run.jobs import (Job, RunOptions, make_groups, parse_shard, read_job,
                                    shard_groups, write_job)
-from robustad.bench.lease import Lease
-from robustad.bench.records import read_record
+from robustad.bench.results.lease import Lease
+from robustad.bench.results.records import read_record
 from robustad.bench.runner import CellSpec, run_cell
-from robustad.bench.worker import group_checkpoint
 
 TINY = "tests.tiny_detector:TinyDetector"
 
@@ -27,6 +27,16 @@ FAST = (("steps", "10"),)  # ten training steps of the tiny detector: these test
 def cell(category="alpha", attack="pgd", seed=0, root=None, **kw):
     return CellSpec(method=TINY, dataset="mvtec", category=category, attack=attack, seed=seed, root=root,
                     steps=kw.pop("steps", 3), config=kw.pop("config", FAST), **kw)
+
+
+def group_checkpoint(job):
+    """The checkpoint the job's group trains (its lease file sits beside it)."""
+    from robustad.bench.evaluation.prepare import build_detector
+    from robustad.datasets.registry import open_format
+
+    spec = job.group.first
+    return checkpoint_path(job.results, build_detector(spec).config_dict(), spec,
+                           str(open_format(spec.dataset, spec.root).root))
 
 
 def run_args(root, results, *extra):
@@ -163,16 +173,17 @@ def test_records_say_who_ran_them_and_force_reruns_once(mvtec_root, tmp_path, ca
 
 
 def test_force_reruns_a_cell_only_if_its_record_predates_the_command(tmp_path):
-    from robustad.bench.records import Record, now_iso, write_record
+    from robustad.bench.results.records import Record, now_iso, write_record
 
     spec = cell()
     options = RunOptions(redo_before=now_iso())
-    assert options.forces(spec.cell_id(), tmp_path) is True  # no record yet
-    write_record(tmp_path, Record(cell_id=spec.cell_id(), method=TINY, dataset="mvtec", category="alpha",
-                                  attack="pgd", objective="localization", norm="linf", eps=8 / 255, eps_text="8/255",
-                                  steps=3, seed=0, profile="quick", created=now_iso(), error="x"))
-    assert options.forces(spec.cell_id(), tmp_path) is False  # written by this command (e.g. a retry)
-    assert RunOptions().forces(spec.cell_id(), tmp_path) is False
+    assert options.forces(None) is True  # no record yet
+    record = Record(cell_id=spec.cell_id(), method=TINY, dataset="mvtec", category="alpha", attack="pgd",
+                    objective="localization", norm="linf", eps=8 / 255, eps_text="8/255", steps=3, seed=0,
+                    profile="quick", created=now_iso(), error="x")
+    assert options.forces(record) is False  # written by this command (e.g. a retry)
+    assert RunOptions().forces(record) is False
+    assert RunOptions(redo_before=now_iso()).forces(record) is True
 
 
 def test_options_that_do_not_fit_the_executor_are_refused_before_any_work(mvtec_root, tmp_path, capsys, monkeypatch):

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from robustad.bench.cli import main
-from robustad.bench.grid import GridError, expand_grid, load_grid, shipped_grids
-from robustad.bench.grid_cli import parse_roots
-from robustad.bench.reference import config_key, load_reference, method_defaults
+from robustad.bench.grids.grid import GridError, expand_grid, load_grid, shipped_grids
+from robustad.bench.cli_grid import parse_roots
+from robustad.bench.results.reference import config_key, load_reference, method_defaults
 from robustad.core.parsing import parse_number, split_steps_suffix
 from tests.dataset_trees import write_mvtec_like
 
@@ -62,7 +62,7 @@ def test_a_paper_grid_expands_to_exactly_the_rows_of_its_published_table(name):
     assert len(reference) == len(set(reference))
     assert _cell_keys(grid, cells, per_category) == set(reference)
     if not per_category:  # one cell per category of each published dataset mean
-        from robustad.bench.grid import known_categories
+        from robustad.bench.grids.grid import known_categories
 
         assert len(cells) == sum(len(known_categories(key[2])) for key in reference)
     else:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from robustad.bench.lease import Holder, Lease, LeaseHeldError, lease_path, live_leases, read_holder, stale_reason
+from robustad.bench.results.lease import Holder, Lease, LeaseHeldError, lease_path, live_leases, read_holder, stale_reason
 
 REPO = Path(__file__).resolve().parents[1]
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from robustad.bench.lease import Lease
+    from robustad.bench.results.lease import Lease
     lease = Lease(sys.argv[1], group="held-by-child")
     assert lease.acquire(wait=False)
     print("held", flush=True)
@@ -27,7 +27,7 @@ HOLD = textwrap.dedent("""
 
 RACE = textwrap.dedent("""
     import sys, time
-    from robustad.bench.lease import Lease
+    from robustad.bench.results.lease import Lease
     start_at = float(sys.argv[2])
     time.sleep(max(0.0, start_at - time.time()))
     won = Lease(sys.argv[1]).acquire(wait=False)
@@ -152,7 +152,7 @@ def test_a_reused_pid_does_not_keep_a_dead_holders_lease(tmp_path):
     parent = os.getppid()  # alive, but not the process that took the lease: its start time differs
     holder = Holder(token="t", host=socket.gethostname(), pid=parent, pid_start=1, since="2020-01-01")
     assert "is gone" in stale_reason(holder)
-    from robustad.bench.lease import process_start_time
+    from robustad.bench.results.lease import process_start_time
 
     alive = Holder(token="t", host=socket.gethostname(), pid=parent, pid_start=process_start_time(parent),
                    since="2020-01-01")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage.measure import label as label_regions
 
-from robustad.bench.metrics import image_auroc, pixel_aupro, pixel_auroc, pro_curve
+from robustad.bench.evaluation.metrics import image_auroc, pixel_aupro, pixel_auroc, pro_curve
 
 
 def slow_aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:

@@ -387,7 +387,7 @@ def test_attention_degree_report_and_figure(tmp_path, mvtec_root):
     from robustad.datasets import create_dataset
     import pandas as pd
 
-    from robustad.methods.patchguard.attention_degree import (
+    from robustad.bench.evaluation.attention_degree import (
         attention_degree_report, plot_vulnerability, save_attention_degree_report)
 
     test = create_dataset("mvtec", root=mvtec_root, category="alpha", split="test", image_size=32)

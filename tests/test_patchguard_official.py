@@ -163,7 +163,7 @@ def tiny_config_items():
 
 def test_bench_run_evaluates_released_weights_per_category_without_training(mvtec_root, tmp_path):
     from robustad.bench.cli import main
-    from robustad.bench.records import Record
+    from robustad.bench.results.records import Record
 
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -239,19 +239,19 @@ def test_one_weights_file_for_several_categories_is_refused(mvtec_root, tmp_path
 
 
 def test_the_cost_estimate_has_no_fit_for_given_weights(mvtec_root):
-    from robustad.bench.cost import CostModel
-    from robustad.bench.groups import make_groups
+    from robustad.bench.run.cost import CostModel
+    from robustad.bench.run.jobs import make_groups
     from robustad.bench.runner import CellSpec
 
     spec = CellSpec(method="patchguard", dataset="mvtec", category="alpha", root=str(mvtec_root), profile="official",
                     config=tuple({**TINY, "weights": str(STATE)}.items()), attack="pgd-2")
     (group,) = make_groups([spec])
-    assert CostModel(None).estimate(group, prior_only=True).fit_s == 0
+    assert CostModel().estimate(group, prior_only=True).fit_s == 0
 
 
 def test_a_bad_weights_file_leaves_only_its_error_record(mvtec_root, tmp_path):
     from robustad.bench.cli import main
-    from robustad.bench.records import Record
+    from robustad.bench.results.records import Record
 
     weights = tmp_path / "weights"
     weights.mkdir()

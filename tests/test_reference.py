@@ -1,7 +1,7 @@
 """Published figures (`bench/reference.py`): the shipped paper CSVs, a user's CSV, and their errors."""
 import pytest
 
-from robustad.bench.reference import ReferenceError, config_key, load_reference, parse_config_text
+from robustad.bench.results.reference import ReferenceError, config_key, load_reference, parse_config_text
 
 USER_CSV = """table,method,dataset,category,task,attack,clean,adversarial,norm,eps,metric,paper_label,note
 T1,mydefense,textures,brick,AD,pgd-5,91.5,40.25,linf,8/255,image_auroc,My defense,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from robustad.bench.cli import main
-from robustad.bench.report import write_report
+from robustad.bench.report.html import write_report
 from tests.report_records import TINY, crafted, write_records
 
 FLAGGING = ("black-box", "composite", "inverted", "missing")

@@ -5,8 +5,8 @@ import pytest
 
 from robustad.attacks import ATTACKS, Attack, ThreatModelViolation, register_attack
 from robustad.bench.cli import main
-from robustad.bench.records import Record, read_record
-from robustad.bench.runner import CellSpec, run_cell, run_grid
+from robustad.bench.results.records import Record, read_record
+from robustad.bench.runner import CellSpec, run_cell, run_cells
 
 TINY = "tests.tiny_detector:TinyDetector"
 
@@ -83,12 +83,12 @@ def test_interrupted_grid_resumes_without_loss_or_duplicates(mvtec_root, tmp_pat
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_grid(specs, results=tmp_path, on_record=interrupt)
+        run_cells(specs, results=tmp_path, on_record=interrupt)
     done = list((tmp_path / "records").glob("*.json"))
     assert len(done) == 1
     kept = read_record(done[0])
     seen = []
-    run_grid(specs, results=tmp_path, log=seen.append)
+    run_cells(specs, results=tmp_path, log=seen.append)
     files = sorted((tmp_path / "records").iterdir())
     assert len(files) == 2 and all(f.suffix == ".json" for f in files)  # no temp files left
     assert read_record(done[0]).created == kept.created
@@ -98,7 +98,7 @@ def test_interrupted_grid_resumes_without_loss_or_duplicates(mvtec_root, tmp_pat
 def test_cheating_attack_fails_the_cell_loudly_and_grid_goes_on(mvtec_root, tmp_path, cheating_attack):
     with pytest.raises(ThreatModelViolation):
         run_cell(spec(mvtec_root, attack="test-cheat"), results=tmp_path)
-    records = run_grid([spec(mvtec_root, attack="test-cheat"), spec(mvtec_root)], results=tmp_path)
+    records = run_cells([spec(mvtec_root, attack="test-cheat"), spec(mvtec_root)], results=tmp_path)
     assert "ThreatModelViolation" in records[0].error
     assert records[1].error is None
     stored = read_record(tmp_path / "records" / f"{records[0].cell_id}.json")

@@ -5,9 +5,9 @@ import torch
 from robustad.attacks import ATTACKS, AttackObjective, FlipLoss, register_attack
 from robustad.attacks.pgd import PGD
 from robustad.attacks.worst_case import WorstCase
-from robustad.bench.checks import cheap_checks
+from robustad.bench.evaluation.checks import cheap_checks
 from robustad.bench.runner import CellSpec
-from robustad.bench.soundness import SoundnessCheck
+from robustad.bench.evaluation.soundness import SoundnessCheck
 from tests.tiny_detector import TinyDetector
 
 

@@ -3,7 +3,7 @@ import json
 import shutil
 from pathlib import Path
 
-from robustad.bench.tables import build_table, load_records
+from robustad.bench.report.tables import build_table, load_records
 
 FIXTURES = Path(__file__).parent / "data" / "records"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from robustad.bench.records import Record
-from robustad.bench.tables import build_table, format_cell_result, load_records, unique_cells, write_tables
+from robustad.bench.results.records import Record
+from robustad.bench.report.tables import build_table, format_cell_result, load_records, unique_cells, write_tables
 
 DATA = Path(__file__).parent / "data"
 EXPECTED = {  # file name -> build_table arguments
@@ -202,8 +202,8 @@ if __name__ == "__main__":
 
 
 def test_failed_record_of_the_runner_loads(tmp_path):
-    from robustad.bench.records import write_record
-    from robustad.bench.runner import CellSpec, failed_record
+    from robustad.bench.results.records import write_record
+    from robustad.bench.cells import CellSpec, failed_record
 
     spec = CellSpec(method="patchguard", dataset="mvtec", category="bottle", attack="pgd-1000")
     write_record(tmp_path, failed_record(spec, RuntimeError("out of memory")))
@@ -216,13 +216,13 @@ def test_failed_record_of_the_runner_loads(tmp_path):
 
 @pytest.mark.slow
 def test_records_written_by_the_runner_make_every_table(mvtec_root, tmp_path):
-    from robustad.bench.runner import CellSpec, run_grid
+    from robustad.bench.runner import CellSpec, run_cells
 
     specs = [CellSpec(method="tests.tiny_detector:TinyDetector", dataset="mvtec", category="alpha",
                       root=str(mvtec_root), steps=2)]
     specs.append(CellSpec(method="tests.tiny_detector:TinyDetector", dataset="mvtec", category="no-such-category",
                           root=str(mvtec_root), steps=2))  # fails: its record has an error
-    run_grid(specs, results=tmp_path, log=lambda message: None)
+    run_cells(specs, results=tmp_path, log=lambda message: None)
     records, problems = load_records(tmp_path)
     assert problems == [] and len(records) == 2 and sum(r.failed for r in records) == 1
     for layout in ("methods", "categories", "attacks"):

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
+from robustad.core.profiles import Profile
 from robustad.core.seeding import derived_generator
 from robustad.methods.detector import Detector
 from robustad.methods.patchguard.adversarial_training import training_step
 from robustad.methods.patchguard.config import PROFILES, PatchGuardConfig
 from robustad.methods.patchguard.model import PatchGuardNet
+from robustad.methods.patchguard.released_weights import missing_released_weights, released_weights_file
 from robustad.methods.patchguard.training_batches import training_batches
 from robustad.methods.registry import register_method
 
@@ -143,6 +146,64 @@ class PatchGuard(Detector):
 
             self.released_weights = load_released_weights(self.net, self.config.weights)
             self.eval()
+
+    # -- hooks of the Detector contract ----------------------------------------------------------
+    @property
+    def given_weights(self) -> dict | None:
+        return self.released_weights
+
+    @classmethod
+    def cell_overrides(cls, overrides: dict, dataset: str, category: str) -> dict:
+        """`weights=DIR` becomes this cell's file in DIR, `patchguard_<dataset>_<category>.pth` (the
+        authors' release names them so)."""
+        overrides = dict(overrides)
+        weights = overrides.get("weights")
+        if weights and Path(str(weights)).expanduser().is_dir():
+            overrides["weights"] = str(released_weights_file(Path(str(weights)).expanduser(), cls.name, dataset,
+                                                             category))
+        return overrides
+
+    @classmethod
+    def check_before_run(cls, config, dataset: str, categories: list[str]) -> None:
+        """With `weights=DIR`, every category's `patchguard_<dataset>_<category>.pth` is in DIR (else one
+        error naming all missing files); a file given must exist and serve one category only."""
+        if config is None or not config.weights:
+            return
+        weights = config.weights
+        path = Path(str(weights)).expanduser()
+        if path.is_dir():
+            missing = missing_released_weights(path, cls.name, dataset, categories)
+            if missing:
+                raise ValueError(f"--config weights={weights}: no file for {len(missing)} of {len(categories)} "
+                                 f"categories: {', '.join(p.name for p in missing)} (expected "
+                                 f"{cls.name}_{dataset}_<category>.pth per category)")
+        elif not path.is_file():
+            raise ValueError(f"--config weights={weights}: no such file or folder")
+        elif len(categories) > 1:
+            raise ValueError(f"--config weights={weights}: one file for {len(categories)} categories "
+                             f"({', '.join(categories)}); give a folder of {cls.name}_{dataset}_<category>.pth files")
+
+    @classmethod
+    def cost_prior(cls, config, profile: Profile) -> tuple[float, float] | None:
+        """Measured rates (docs/findings/patchguard-cpu-scale.md, attack-engine-performance.md): `quick` on a
+        2-core CPU fits 64 images in 589-851 s and runs PGD-20 on 49 images in 2.6 s; `long` fits ~67 s per
+        image, its attacks 1.76x quick's; `paper` on one H200: 0.26 s per step of 16 + 16 images for 300
+        epochs, PGD at 1168 image·steps/s; `official`: 1000 epochs (not measured). Given weights: no fit."""
+        fit, attack = {
+            Profile.QUICK: (11.0, 2.6 / (49 * 20)),
+            Profile.LONG: (67.0, 1.76 * 2.6 / (49 * 20)),
+            Profile.PAPER: (300 * 0.26 / 16, 1 / 1168),
+            Profile.OFFICIAL: (1000 * 0.26 / 16, 1 / 1168),
+        }[Profile.parse(profile)]
+        return (0.0 if config is not None and config.weights else fit), attack
+
+    exposes_attention = True
+
+    def attention_degrees(self, images: torch.Tensor, layer: int | str = -1) -> torch.Tensor:
+        """Attention degree (B,) of `layer` (1-based ViT block, negative from the end, or "discriminator")."""
+        from robustad.methods.patchguard.attention_degree import image_attention_degrees
+
+        return image_attention_degrees(self, images, layer)
 
     # -- M(x), S(x), pixel map --------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:
