@@ -6,6 +6,7 @@ hand (e.g. PatchGuard on MVTec AD, image AUROC: bottle's two seeds give 96.6 / 8
 regenerate them with `python -m tests.test_tables` and review the diff.
 """
 import copy
+import dataclasses
 import json
 import re
 import shutil
@@ -231,3 +232,34 @@ def test_records_written_by_the_runner_make_every_table(mvtec_root, tmp_path):
     csv = build_table(records, layout="categories", fmt="csv")
     assert re.search(r"Alpha,\d+\.\d,\d+\.\d,\d+\.\d,\d+\.\d", csv) and "No-such-category,–,–,–,–" in csv
     assert "pixel AUPRO" in format_cell_result(records[0])
+
+
+def test_a_reference_row_that_matches_no_measured_cell_is_named_with_why(tmp_path, capsys):
+    """A user's figure for `pgd` (the profile's steps) beside records of PGD-20 matches nothing: the table
+    says which row and how the nearest measured cell differs."""
+    from robustad.bench.cli import main
+    from robustad.bench.report.tables import unmatched_reference_rows
+    from robustad.bench.results.reference import load_reference
+
+    shutil.copytree(DATA / "records", tmp_path / "records")
+    csv = tmp_path / "mine.csv"
+    csv.write_text("table,method,dataset,category,task,attack,clean,adversarial,norm,eps,metric,paper_label,note\n"
+                   "T1,patchguard,mvtec,bottle,AL,pgd,97.0,60.0,linf,8/255,pixel_auroc,Ours,\n"
+                   "T1,patchguard,mvtec,bottle,AL,pgd-20,97.0,60.0,linf,8/255,pixel_auroc,Ours,\n")
+    lines = unmatched_reference_rows(load_reference(str(csv)), fixture_records())
+    assert len(lines) == 1 and "line 2" in lines[0] and "attack pgd vs measured pgd-20" in lines[0]
+    assert unmatched_reference_rows(load_reference("paper"), fixture_records()) == []
+    assert main(["table", "--results", str(tmp_path), "--reference", str(csv), "--format", "markdown"]) == 0
+    assert "line 2" in capsys.readouterr().err
+
+
+def test_one_dataset_read_from_two_roots_has_separate_rows_and_no_average(tmp_path):
+    records = [r for r in fixture_records() if r.dataset == "mvtec" and r.attack == "pgd"]
+    other_root = [dataclasses.replace(r, root="/elsewhere/mvtec", cell_id=r.cell_id + "-b") for r in records]
+    table = build_table(records + other_root, layout="methods", task="al", fmt="csv")
+    assert "root=/elsewhere/mvtec" in table and table.count("MVTec") >= 2
+    average = next(line for line in table.splitlines() if line.startswith("Average"))
+    assert not re.search(r"\d", average), average
+    assert "No Average" in build_table(records + other_root, layout="methods", task="al", fmt="markdown")
+    assert re.search(r"\d", next(line for line in build_table(records, layout="methods", task="al", fmt="csv")
+                                 .splitlines() if line.startswith("Average")))

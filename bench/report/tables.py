@@ -310,7 +310,10 @@ def _nearest_difference(row, records: list[Record]) -> str:
             found.append("a variant no --config selects")
         return found
 
-    nearest = min((differences(record) for record in records), key=len)
+    # fewest differing fields; among those, a record of the same attack (pgd-20 for a row's pgd) first
+    nearest = min((differences(record) for record in records),
+                  key=lambda found: (len(found), not any(d.startswith(f"attack {row.attack}") and
+                                                         f"measured {row.attack}-" in d for d in found)))
     return "; ".join(nearest) if nearest else "its figure is for a different table layout"
 
 
