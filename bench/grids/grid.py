@@ -474,16 +474,5 @@ def grid_summary_line(grid: Grid, cells, blocked) -> str:
             f"{runnable:>6} runnable here  {grid.title}")
 
 
-def run_labels(grid: Grid) -> dict[tuple, str]:
-    """(method, config key) -> the variant label of its run (the method's own name where none)."""
-    from robustad.bench.results.reference import config_key
-
-    labels = {}
-    for run in grid.runs:
-        for method in run.methods:
-            labels.setdefault((method, config_key(dict(run.config))), run.label or method)
-    return labels
-
-
 __all__ = ["Grid", "GridCell", "GridError", "GridRun", "GridTable", "describe_grid", "expand_grid", "load_grid",
            "shipped_grids"]

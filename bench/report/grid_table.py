@@ -209,13 +209,6 @@ def grid_table_path(results, grid: Grid, fmt: str, reference=None) -> Path:
     return Path(results).expanduser().resolve() / "tables" / f"{name}.{EXTENSIONS[fmt]}"
 
 
-def build_grid_table(grid_name: str, records: list, *, fmt: str = "latex", reference=None,
-                     profile: str | None = None) -> str:
-    grid = load_grid(grid_name)
-    tables, _ = grid_tables(grid, records, reference, profile)
-    return render(tables, fmt)
-
-
 def write_grid_table(args, records: list, reference) -> int:
     """`bench table --grid NAME [--reference ...] [--profile P]`: prints the table and saves it."""
     grid = load_grid(args.grid)

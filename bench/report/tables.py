@@ -321,10 +321,6 @@ def _nearest_difference(row, records: list[Record]) -> str:
 # Layouts
 
 
-def _norm_name(name: str) -> str:
-    return re.sub(r"[-_ ]", "", name.lower())
-
-
 def _slug(text: str) -> str:
     """Letters and digits only, for LaTeX labels."""
     return re.sub(r"[^a-z0-9]", "", text.lower())

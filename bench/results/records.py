@@ -248,9 +248,3 @@ def read_record(path: Path) -> Record | None:
             return Record.from_json(json.load(handle))
     except (OSError, ValueError):
         return None
-
-
-def is_done(results: Path, cell_id: str) -> bool:
-    """True when a complete record without error exists for the cell."""
-    record = read_record(record_path(results, cell_id))
-    return record is not None and record.done

@@ -390,9 +390,3 @@ def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
-
-
-def resize_like(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return features if tuple(features.shape[-2:]) == tuple(size) else F.interpolate(
-        features, size=size, mode="bilinear", align_corners=False
-    )
