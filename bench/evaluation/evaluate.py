@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from robustad.attacks import check_inside
+from robustad.bench.evaluation.metrics import image_auroc, pixel_aupro, pixel_auroc
 
 
 def autocast(device: torch.device, precision: str):
@@ -42,8 +43,6 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
     """
     from robustad.attacks.calibration import UnitCalibration
     from robustad.attacks.objectives import Objective, unit_targets
-    from robustad.bench.evaluation.metrics import image_auroc, pixel_aupro, pixel_auroc
-
     indices = list(range(len(test_set)))
     if max_images is not None and len(indices) > max_images:
         # keep both classes: an even spread over the (label-sorted) list

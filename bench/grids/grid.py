@@ -36,6 +36,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from robustad.bench.cells import CellSpec
 from robustad.core.parsing import parse_eps
 
 SHIPPED_DIR = Path(__file__).resolve().parent
@@ -124,8 +125,6 @@ class GridCell:
                 self.category, self.seed)
 
     def to_spec(self):
-        from robustad.bench.cells import CellSpec
-
         return CellSpec(method=self.method, dataset=self.dataset, category=self.category, attack=self.attack,
                         norm=self.norm, eps=parse_eps(self.eps_text), eps_text=self.eps_text, steps=self.steps,
                         seed=self.seed, profile=self.profile, objective=self.objective, root=self.root,

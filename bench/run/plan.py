@@ -22,8 +22,15 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from robustad.bench.results.lease import live_leases
+from robustad.bench.results.loading import load_records
+from robustad.bench.results.records import record_path
 from robustad.bench.run.cost import CostModel, format_duration
 from robustad.bench.run.jobs import Job, make_groups, new_run_options, parse_shard, shard_groups, write_job
+from robustad.bench.run.local import run_in_process, run_pool, worker_slots
+from robustad.bench.run.slurm import (SlurmOptions, describe_submission, parse_slurm_time, queued_groups, submit,
+                                      wait_for)
+from robustad.bench.run.status import format_status
 
 EXECUTORS = ("local", "slurm")
 DRY_RUN_LISTED = 50  # groups listed by --dry-run (the rest are counted)
@@ -70,8 +77,6 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def slurm_options(args):
-    from robustad.bench.run.slurm import SlurmOptions, parse_slurm_time
-
     extra = []
     for item in args.slurm_option or []:
         key, sep, value = item.partition("=")
@@ -97,8 +102,6 @@ def check_execution_arguments(args) -> None:
     if args.executor != "local" and args.workers != 1:
         raise ValueError("--workers: only with --executor local (SLURM runs one task per group)")
     if args.executor == "local" and args.workers > 1:
-        from robustad.bench.run.local import worker_slots
-
         worker_slots(args.workers, args.device)  # enough GPUs for the workers
     if args.executor == "slurm":
         slurm_options(args)  # parses --slurm-time and --slurm-option
@@ -114,8 +117,6 @@ def execute_run(specs: list, args, show: Callable[[object], None] | None = None)
 
     The results folder's records are read once, here: they decide which groups are done, feed the
     cost estimates, and are handed to the groups run in this process."""
-    from robustad.bench.results.loading import load_records
-
     check_execution_arguments(args)
     results = Path(args.results).expanduser().resolve()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
@@ -157,9 +158,6 @@ def execute_run(specs: list, args, show: Callable[[object], None] | None = None)
 
 def drop_running(pending: list[Job], results: Path) -> tuple[list[Job], dict[str, str]]:
     """Pending jobs minus those running elsewhere (a live lease) or waiting in SLURM's queue."""
-    from robustad.bench.run.slurm import queued_groups
-    from robustad.bench.results.lease import live_leases
-
     holders = {holder.group: holder for holder in live_leases(results).values() if holder.group}
     queued = queued_groups(results)
     busy = {}
@@ -188,8 +186,6 @@ def dry_run_report(pending: list[Job], estimates: dict, done_groups: int, busy: 
         lines.append(f"longest group: {longest.group.group_id}, ~{format_duration(estimate.total_s)} "
                      f"(fit {format_duration(estimate.fit_s)}, {len(longest.group.cells)} attack cell(s))")
         if args.executor == "slurm":
-            from robustad.bench.run.slurm import parse_slurm_time
-
             limit = parse_slurm_time(args.slurm_time) * 60
             too_long = [job for job in pending if estimates[job.group.group_id].total_s > limit]
             if too_long:
@@ -210,8 +206,6 @@ def dry_run_report(pending: list[Job], estimates: dict, done_groups: int, busy: 
 def run_locally(entries: list, records: dict, args, log, show=None) -> int:
     """The pending groups on this host; `records` (cell id → record) are those read before, updated here
     with the records the groups write, for the closing count."""
-    from robustad.bench.run.local import run_in_process, run_pool, worker_slots
-
     def written(record):
         records[record.cell_id] = record
         if show:
@@ -230,8 +224,6 @@ def run_locally(entries: list, records: dict, args, log, show=None) -> int:
 def report(jobs: list, records: dict, results, gave_up: list[str]) -> int:
     """The closing count; a record kept outside the results folder (it could not be written there) counts
     as missing."""
-    from robustad.bench.results.records import record_path
-
     results = Path(results).expanduser().resolve()
     cells = [records.get(cid) if record_path(results, cid).is_file() else None
              for job in jobs for cid in job.group.cell_ids()]
@@ -244,9 +236,6 @@ def report(jobs: list, records: dict, results, gave_up: list[str]) -> int:
 
 
 def run_on_slurm(entries: list, results: Path, args, log) -> int:
-    from robustad.bench.run.slurm import describe_submission, submit, wait_for
-    from robustad.bench.run.status import format_status
-
     options = slurm_options(args)
     submission = submit(entries, results, options, log)
     if not options.wait:

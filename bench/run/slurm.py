@@ -31,8 +31,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from robustad.bench.run.jobs import Group, Job
+from robustad.bench.results.provenance import describe_run
 from robustad.bench.results.records import now_iso, write_json_atomic
+from robustad.bench.run.jobs import Group, Job, read_job
+from robustad.bench.run.status import group_statuses, summary_line
+from robustad.bench.run.worker import run_job
 
 # squeue states of a task that may still run (or is running): its group is not to be submitted again.
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
@@ -147,10 +150,6 @@ class GroupTask:
     def __call__(self, job_file: str, attempt: int) -> dict:
         import torch
 
-        from robustad.bench.results.provenance import describe_run
-        from robustad.bench.run.jobs import read_job
-        from robustad.bench.run.worker import run_job
-
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus:
             torch.set_num_threads(int(cpus))
@@ -242,8 +241,6 @@ def describe_submission(submission: dict) -> str:
 def wait_for(submission: dict, results: Path, groups: list[Group], *, poll_s: float,
              log: Callable[[str], None]) -> list:
     """Waits until no task of `submission` is queued; prints progress lines; returns the final statuses."""
-    from robustad.bench.run.status import group_statuses, summary_line
-
     task_of = {task["group"]: task["job_id"] for task in submission["tasks"]}
     started, last_line, last_print, warned = time.monotonic(), None, 0.0, False
     while True:
