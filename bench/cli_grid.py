@@ -1,4 +1,4 @@
-"""`bench grid list|show` and `bench run --grid`: grid files (`bench/grid.py`) on the command line."""
+"""`bench grid list|show` and `bench run --grid`: grid files (`bench/grids/grid.py`) on the command line."""
 from __future__ import annotations
 
 import os

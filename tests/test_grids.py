@@ -1,4 +1,4 @@
-"""Grids as data (`bench/grid.py`, issue #28): the shipped paper grids, `bench grid list|show`,
+"""Grids as data (`bench/grids/grid.py`, issue #28): the shipped paper grids, `bench grid list|show`,
 `bench run --grid` on a user's grid over the built-in textures, `bench table --grid` and
 `--reference` beside measured values, and clear errors for bad grid files and `--root`s."""
 import csv

@@ -1,4 +1,4 @@
-"""The checkpoint lease (bench/lease.py): exclusive across processes, released on exit, stale leases of
+"""The checkpoint lease (bench/results/lease.py): exclusive across processes, released on exit, stale leases of
 dead holders broken exactly once, re-entrant within a process (issue #27)."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Published figures (`bench/reference.py`): the shipped paper CSVs, a user's CSV, and their errors."""
+"""Published figures (`bench/results/reference.py`): the shipped paper CSVs, a user's CSV, and their errors."""
 import pytest
 
 from robustad.bench.results.reference import ReferenceError, config_key, load_reference, parse_config_text

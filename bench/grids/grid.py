@@ -120,7 +120,7 @@ class GridCell:
     not_implemented: str | None = None  # the variant robustad cannot run (its own model, were it run)
 
     def training_key(self) -> tuple:
-        """Cells with one key share one trained model (`bench/groups.py`'s group key)."""
+        """Cells with one key share one trained model (`bench/run/jobs.py`'s group key)."""
         return (self.method, self.profile, self.config, self.not_implemented, self.dataset, self.root,
                 self.category, self.seed)
 

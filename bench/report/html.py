@@ -4,8 +4,8 @@
 - `index.html`: per dataset and task (AD: image AUROC, AL: pixel AUROC) a leaderboard of methods
   ranked by their worst adversarial AUROC over the attacks run (the mean over categories of each
   attack's value; higher is more robust), with the clean AUROC, each attack's value, the paper's
-  figure where the reference has one (`bench/reference_values.py`), and the flags
-  (`bench/report_flags.py`); the strength curves (`bench figure strength`) where records allow.
+  figure where the reference has one (`bench/results/reference_values.py`), and the flags
+  (`bench/report/flags.py`); the strength curves (`bench figure strength`) where records allow.
 - `rows/<dataset>__<method>.html`: one leaderboard row by category (the drill-down of its means).
 - `categories/<dataset>__<category>.html`: every method and attack of one category, with its flags
   and the paper's Figure 1 of each record that saved example maps (`bench figure maps`).

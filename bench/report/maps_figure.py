@@ -1,7 +1,7 @@
 """The paper's Figure 1 from a cell's saved example maps: per test image, the image, its ground
 truth, the clean anomaly map, the adversarial image and the adversarial anomaly map.
 
-The examples are those the runner saved with the record (`bench/example_maps.py`), so drawing the
+The examples are those the runner saved with the record (`bench/results/example_maps.py`), so drawing the
 figure needs no model and no attack. Both maps of a row share one colour scale (the range of that
 image's clean and adversarial maps), so what the attack does to the map shows.
 """

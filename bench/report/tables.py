@@ -554,7 +554,7 @@ def build_table(records: list[dict], *, layout: str = "methods", task: str = "ad
     keep only matching records (`attack` may carry its steps, e.g. "pgd-1000"; `eps` a number or
     "8/255"); see the module docstring for what each layout does with several attack settings.
     LaTeX uses booktabs rules. Raises ValueError when no record matches. `reference`
-    (`bench/reference.py`'s `Reference`) puts the published figure and the difference beside each value.
+    (`bench/results/reference.py`'s `Reference`) puts the published figure and the difference beside each value.
     """
     for name, value, valid in (("layout", layout, LAYOUTS), ("task", task, TASKS), ("fmt", fmt, FORMATS)):
         if value not in valid:

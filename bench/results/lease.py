@@ -16,8 +16,8 @@ because all of them only share the results folder.
   heartbeat is older than `stale_after_s` (default 600 s: a holder on another host that died or
   hangs). Breaking one happens under a short second lock (`.lease.break`), so two processes that find
   the same stale lease never remove a fresh one.
-- **Re-entrant within a process**: acquiring a lease this process already holds (a worker holds its
-  group's lease; `fit_or_load` asks for the same one) returns a handle that does not release it.
+- **Re-entrant within a process**: acquiring a lease this process already holds (a script that
+  prepares the same group twice) returns a handle that does not release it.
 
 Host identity is the host name: processes in PID namespaces that share a host name and a results
 folder (containers) would look dead to each other, and are not supported.

@@ -58,7 +58,7 @@ RESULT_FIELDS = ("config", "n_test", "n_test_normal", "n_test_anomalous", "clean
 
 @dataclasses.dataclass
 class Record:
-    """One evaluated (or failed) cell of the grid. See `bench/runner.py` for how each field is filled."""
+    """One evaluated (or failed) cell of the grid. `bench/evaluation/group.py` fills it."""
 
     # -- what was evaluated ------------------------------------------------------------------
     cell_id: str

@@ -1,4 +1,4 @@
-"""The published figures beside the measured ones in `bench report`, through `bench/reference.py`
+"""The published figures beside the measured ones in `bench report`, through `bench/results/reference.py`
 (`load_reference("paper")`, the paper's tables as package data, or a user's CSV in that format)."""
 from __future__ import annotations
 

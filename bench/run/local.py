@@ -4,7 +4,7 @@
 keeps N worker processes busy (`python -m robustad.bench.worker JOB_FILE`, one group per process, so a
 group starts with a clean CUDA context and memory): with `--device cuda` worker i sees only its own
 GPU (`CUDA_VISIBLE_DEVICES`, taken from the visible ones); every worker gets its share of the CPU
-cores (`OMP_NUM_THREADS` = cores // N). Groups start longest first (`bench/cost.py`). A worker's
+cores (`OMP_NUM_THREADS` = cores // N). Groups start longest first (`bench/run/cost.py`). A worker's
 output goes to `<results>/logs/<group id>.log`.
 
 - A worker that dies (killed, out of memory, a crash outside any cell) is replaced and its group

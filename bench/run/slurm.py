@@ -1,7 +1,7 @@
 """The SLURM executor: one job array over the pending groups, through submitit
 (`bench run --executor slurm`; `pip install -e ".[slurm]"`).
 
-Task i of the array runs group i's job file (`bench/worker.py`, waiting for the group's lease if
+Task i of the array runs group i's job file (`bench/run/worker.py`, waiting for the group's lease if
 another process holds it). submitit writes each task's logs to `<results>/slurm/<array>_<i>_0_log.out`
 and `.err`; `bench run` writes what it submitted to `<results>/slurm/submissions/<array>.json`
 (array, task job ids, groups, job files, attempts), which `bench status` and the next `bench run`

@@ -1,10 +1,10 @@
 """`bench status --results DIR`: which groups of a grid are done, running, queued, failed or pending.
 
-The grid is every group of the folder's job files (`bench/groups.py`); a group's state comes from
+The grid is every group of the folder's job files (`bench/run/jobs.py`); a group's state comes from
 what the folder holds, whichever executor wrote it:
 
 - **done**: every cell has a complete record without error;
-- **running**: a live process holds the group's checkpoint lease (`bench/lease.py`), or its latest SLURM
+- **running**: a live process holds the group's checkpoint lease (`bench/results/lease.py`), or its latest SLURM
   task (`<results>/slurm/submissions/`) runs;
 - **queued**: that task still waits in `squeue`;
 - **failed**: some cell has a record with an error (its error is listed);
