@@ -44,6 +44,10 @@ def test_data_info_json_and_wrong_root(mvtec_root, tmp_path, capsys):
     assert info["categories"]["alpha"]["test_anomalous"] == 6
     assert main(["data", "info", "--dataset", "mvtec", "--root", str(tmp_path / "nowhere")]) == 2
     assert str(tmp_path / "nowhere") in capsys.readouterr().err
+    # DATASET=DIR, as `bench run` takes it: the dataset's own root, not another's
+    assert main(["data", "info", "--dataset", "mvtec", "--root", f"mvtec={mvtec_root}",
+                 "--root", f"visa={tmp_path / 'nowhere'}", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["categories"]["alpha"]["test_anomalous"] == 6
 
 
 def test_attack_options_are_passed_recorded_and_kept_apart_in_tables(mvtec_root, tmp_path, capsys):
