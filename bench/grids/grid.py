@@ -292,6 +292,9 @@ def load_grid(name: str) -> Grid:
 # Expanding and checking
 
 
+NOT_APPLICABLE = "not applicable"  # a cell the method cannot have (a detection-only method's localization)
+
+
 def known_categories(dataset: str) -> tuple[str, ...] | None:
     from robustad.datasets.registry import DATASETS
 
@@ -326,6 +329,7 @@ def expand_grid(grid: Grid, roots: dict | None = None, *, profile: str | None = 
                                 root=str(root) if root is not None else None, not_implemented=run.not_implemented)
                 cells.append(cell)
                 reason = (run.not_implemented or checker.method(method, run.config)
+                          or checker.applicable(method, objective)
                           or checker.attack(attack, run.norm, eps_text, run.steps, objective, run.attack_options)
                           or category_problem or checker.dataset(dataset, category))
                 if reason:
@@ -359,6 +363,17 @@ class _Checker:
             return None
 
         return self._once(("method", method, config), check)
+
+    def applicable(self, method: str, objective: str) -> str | None:
+        """A detection-only method (its detector declares `localizes = False`) has no localization cell."""
+        def check():
+            from robustad.methods import resolve_method
+
+            if objective == "localization" and not resolve_method(method).localizes:
+                return f"{NOT_APPLICABLE}: method {method!r} is detection-only (no localization map)"
+            return None
+
+        return self._once(("applicable", method, objective), check)
 
     def attack(self, attack, norm, eps_text, steps, objective, options) -> str | None:
         def check():
@@ -453,6 +468,11 @@ def describe_grid(grid: Grid, cells: list[GridCell], blocked: dict[GridCell, str
         attacks = ", ".join(run.attacks) + (f" (steps {run.steps})" if run.steps else "")
         lines.append(f"    attacks: {attacks}; objectives: {', '.join(run.objectives)}; {run.norm} eps "
                      f"{', '.join(run.eps)}")
+    inapplicable = {cell: reason for cell, reason in blocked.items() if reason.startswith(NOT_APPLICABLE)}
+    for reason in dict.fromkeys(inapplicable.values()):
+        of_reason = [cell for cell, why in inapplicable.items() if why == reason]
+        lines.append(f"{reason}: {_plural(len(of_reason), 'cell')}")
+    blocked = {cell: reason for cell, reason in blocked.items() if cell not in inapplicable}
     if blocked:
         lines.append(f"not runnable here: {len(blocked)} cells, {count_trainings(blocked)} trainings")
         reasons: dict[str, list[GridCell]] = {}
