@@ -82,6 +82,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", action="append", metavar="KEY=VALUE", help="set a field of the method's config")
     p.add_argument("--attack-batch", dest="attack_batch", type=int, default=None,
                    help="images attacked at once (default: the profile's test batch; halved on CUDA out-of-memory)")
+    p.add_argument("--evaluations", type=int, default=None, metavar="R",
+                   help="scoring passes of a randomized detector; its metrics are their mean, with std and worst "
+                        "beside (default 5; a deterministic detector is scored once)")
     p.add_argument("--force", action="store_true", help="rerun cells whose record exists")
     from robustad.bench.run.plan import add_execution_arguments
 
@@ -200,6 +203,8 @@ def cmd_run(args) -> int:
     missing = [name for name in ("method", "dataset") if not getattr(args, name)]
     if missing:
         raise ValueError(f"--{missing[0]} is required (or --grid NAME)")
+    if args.evaluations is not None and args.evaluations < 1:
+        raise ValueError(f"--evaluations {args.evaluations}: expected a number of scoring passes >= 1")
     args.profile = args.profile or "quick"
     args.norm = args.norm or "linf"
     args.objective = args.objective or "localization"

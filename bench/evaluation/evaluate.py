@@ -33,10 +33,13 @@ def autocast(device: torch.device, precision: str):
 
 def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.device, precision: str = "fp32",
              max_images: int | None = None, progress: bool | None = None, calibration=None,
-             examples=None) -> dict[str, Any]:
+             examples=None, evaluations: int = 1) -> dict[str, Any]:
     """Clean and adversarial scores and maps of the test set (see the module docstring); metrics in %.
 
-    An attack that needs the whole test set (`whole_test_set`, A³) gets every image in one call. `calibration` in the result is what the
+    An attack that needs the whole test set (`whole_test_set`, A³) gets every image in one call.
+    `evaluations` R > 1 (a randomized detector): the clean and the final adversarial images are scored
+    R times, each pass with fresh randomness; each metric is the mean over the R passes, with its
+    standard deviation (`<metric>_std`) and its lowest value (`<metric>_worst`) beside it. `calibration` in the result is what the
     record stores as `attack_calibration`; `calibration` given replaces the clean pass's (a study
     of other readings: `benchmarks/calibration_readings.py`). `examples`, an `ExampleCollector`
     (`bench/results/example_maps.py`), keeps a few clean and adversarial images and maps for Figure 1.
@@ -91,6 +94,8 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
         check_inside(adv.float(), images, attack.threat.norm, attack.threat.eps)
         return adv
 
+    adversarial_images = []  # kept on the CPU for the repeated evaluations of a randomized detector
+
     def score_adversarial(adv, start):
         with torch.no_grad(), autocast(device, precision):
             raw = detector(adv)
@@ -98,6 +103,8 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
             out["adv_maps"].append(detector.anomaly_map(raw.float(), size).cpu())
         if examples is not None:
             examples.add_adversarial(start, adv, out["adv_maps"][-1])
+        if evaluations > 1:
+            adversarial_images.append(adv.detach().float().cpu())
 
     if whole:
         images, masks, labels = (torch.cat(parts).to(device) for parts in zip(*kept))
@@ -114,20 +121,51 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
     # pixel metrics need masks and a detector that localizes (a detection-only M(x) is one cell per image)
     has_masks = getattr(test_set, "has_masks", True) and getattr(detector, "localizes", True)
 
-    def metrics(kind: str) -> dict[str, float | None]:
+    def metrics(scores, maps) -> dict[str, float | None]:
         return {
-            "image_auroc": image_auroc(cat["labels"], cat[f"{kind}_scores"]),
-            "pixel_auroc": pixel_auroc(cat["masks"], cat[f"{kind}_maps"]) if has_masks else None,
-            "pixel_aupro": pixel_aupro(cat["masks"], cat[f"{kind}_maps"]) if has_masks else None,
+            "image_auroc": image_auroc(cat["labels"], scores),
+            "pixel_auroc": pixel_auroc(cat["masks"], maps) if has_masks else None,
+            "pixel_aupro": pixel_aupro(cat["masks"], maps) if has_masks else None,
         }
 
+    passes = {"clean": [metrics(cat["clean_scores"], cat["clean_maps"])],
+              "adversarial": [metrics(cat["adv_scores"], cat["adv_maps"])]}
+    for _ in range(evaluations - 1):
+        clean_images = (batch["image"] for batch in loader)
+        for kind, images in (("clean", clean_images), ("adversarial", adversarial_images)):
+            scores, maps = score_again(detector, images, device, precision, size)
+            passes[kind].append(metrics(scores, maps))
     labels = cat["labels"]
     return {
-        "clean": metrics("clean"),
-        "adversarial": metrics("adv"),
+        "clean": summarize(passes["clean"]),
+        "adversarial": summarize(passes["adversarial"]),
         "n_test": int(len(labels)),
         "n_test_normal": int((labels == 0).sum()),
         "n_test_anomalous": int((labels == 1).sum()),
         "seconds": seconds,
         "calibration": calibration.describe(),
     }
+
+
+def score_again(detector, batches, device, precision: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores and maps of image batches, one more forward pass each (fresh randomness)."""
+    scores, maps = [], []
+    for images in batches:
+        with torch.no_grad(), autocast(device, precision):
+            raw = detector(images.to(device))
+            scores.append(detector.score(raw).float().cpu())
+            maps.append(detector.anomaly_map(raw.float(), size).cpu())
+    return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+
+def summarize(passes: list[dict[str, float | None]]) -> dict[str, Any]:
+    """One pass's metrics as they are; several passes' as their mean, with `_std` and `_worst` (lowest)."""
+    if len(passes) == 1:
+        return dict(passes[0])
+    summary: dict[str, Any] = {"evaluations": len(passes)}
+    for key in passes[0]:
+        values = [p[key] for p in passes if p[key] is not None and np.isfinite(p[key])]
+        summary[key] = float(np.mean(values)) if values else None
+        summary[f"{key}_std"] = float(np.std(values)) if values else None
+        summary[f"{key}_worst"] = float(np.min(values)) if values else None
+    return summary

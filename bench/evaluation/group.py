@@ -45,6 +45,12 @@ class EvalOptions:
     precision: str = "fp32"
     attack_batch: int | None = None  # images attacked at once (default: the profile's test batch)
     progress: bool | None = None
+    evaluations: int | None = None  # scoring passes of a randomized detector (default RANDOMIZED_EVALUATIONS)
+
+
+# A randomized detector's metrics are means over this many scoring passes by default: enough for a standard
+# deviation, few enough to keep the evaluation's cost within a small factor of one pass.
+RANDOMIZED_EVALUATIONS = 5
 
 
 @dataclasses.dataclass
@@ -155,9 +161,10 @@ def evaluate_cell(prepared: Prepared, spec: CellSpec, *, results: Path, options:
                                  generator=torch.Generator().manual_seed(spec.seed))))
     checks = cheap_checks(detector, first["image"].to(device), first["mask"].to(device))
     examples = ExampleCollector()
+    evaluations = (options.evaluations or RANDOMIZED_EVALUATIONS) if detector.randomized else 1
     result = evaluate(detector, test_set, attack, batch_size=options.attack_batch or settings.batch_size,
                       device=device, precision=options.precision, max_images=settings.max_test_images,
-                      progress=options.progress, examples=examples)
+                      progress=options.progress, examples=examples, evaluations=evaluations)
     checks["inside_threat_model"] = True  # evaluate() raises otherwise
     described = attack.describe()
     return Record(
@@ -218,11 +225,13 @@ def save_examples_or_warn(results: Path, cell_id: str, examples: ExampleCollecto
 # -- the Python API ------------------------------------------------------------------------------
 def run_cells(specs: list[CellSpec], *, results: str | Path = "results", device: str = "cpu", force: bool = False,
               precision: str = "fp32", progress: bool | None = None, log=None, on_record=None,
-              attack_batch: int | None = None, run_info: dict | None = None, raise_errors: bool = False) -> list[Record]:
+              attack_batch: int | None = None, run_info: dict | None = None, raise_errors: bool = False,
+              evaluations: int | None = None) -> list[Record]:
     """Runs cells in this process, group by group (each model prepared once); one record per cell, in
     the order given. A failed cell has a record with its `error`, and the others go on (with
     `raise_errors`, its error is raised once recorded)."""
-    options = EvalOptions(device=device, precision=precision, attack_batch=attack_batch, progress=progress)
+    options = EvalOptions(device=device, precision=precision, attack_batch=attack_batch, progress=progress,
+                          evaluations=evaluations)
     groups: dict[str, list[CellSpec]] = {}
     for spec in specs:
         cells = groups.setdefault(group_id_of(spec), [])

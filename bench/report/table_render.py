@@ -15,20 +15,23 @@ from tabulate import tabulate
 
 MISSING = "–"
 INCOMPLETE = "*"
+REPEATED = "†"  # a mean over repeated evaluations of a randomized detector
 
 
 @dataclass(frozen=True)
 class Value:
-    """One number of a table: None is missing; `complete` False marks it `*`; `bold` singles it out."""
+    """One number of a table: None is missing; `complete` False marks it `*`; `bold` singles it out;
+    `repeated` marks it `†`, a mean over repeated evaluations of a randomized detector."""
 
     number: float | None
     complete: bool = True
     bold: bool = False
+    repeated: bool = False
 
     def text(self) -> str:
         if self.number is None:
             return MISSING
-        return f"{self.number:.1f}" + ("" if self.complete else INCOMPLETE)
+        return f"{self.number:.1f}" + ("" if self.complete else INCOMPLETE) + (REPEATED if self.repeated else "")
 
 
 @dataclass(frozen=True)

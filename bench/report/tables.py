@@ -36,7 +36,7 @@ from robustad.bench.results.display_names import (attack_display_name, attack_ta
 from robustad.bench.results.loading import load_records, unique_cells
 from robustad.bench.results.records import Record, records_dir
 from robustad.bench.results.reference import config_key, method_defaults
-from robustad.bench.report.table_render import INCOMPLETE, Compared, Table, Value, render
+from robustad.bench.report.table_render import INCOMPLETE, REPEATED, Compared, Table, Value, render
 from robustad.core.files import write_text_atomic
 from robustad.core.parsing import parse_eps
 
@@ -200,11 +200,16 @@ def _category_means(records: list[dict], phase: str, metric: str) -> dict[str, f
     return {category: _mean(values) for category, values in by_category.items()}
 
 
+def _repeated(records: list[Record], phase: str) -> bool:
+    """Whether any of the records' values of `phase` is a mean over repeated evaluations."""
+    return any(getattr(record, phase) is not None and getattr(record, phase).repeated for record in records)
+
+
 def _dataset_mean(records: list[dict], phase: str, metric: str, n_categories: int) -> Value:
     values = [v for v in _category_means(records, phase, metric).values() if v is not None]
     if not values:
         return Value(None)
-    return Value(sum(values) / len(values), complete=len(values) >= n_categories)
+    return Value(sum(values) / len(values), complete=len(values) >= n_categories, repeated=_repeated(records, phase))
 
 
 def _bold_extreme(values: list[Value], highest: bool) -> list[Value]:
@@ -213,8 +218,8 @@ def _bold_extreme(values: list[Value], highest: bool) -> list[Value]:
     if len(comparable) < 2:
         return values
     target = max(comparable) if highest else min(comparable)
-    return [Value(v.number, v.complete, v.number is not None and v.complete and round(v.number, 1) == target)
-            for v in values]
+    return [Value(v.number, v.complete, v.number is not None and v.complete and round(v.number, 1) == target,
+                  v.repeated) for v in values]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +241,13 @@ def beside(value: Value, reference, published, phase: str):
     if reference is None:
         return value
     return Compared(value, getattr(published, phase) if published is not None else None, reference.short_name)
+
+
+def _repeated_note(records) -> str:
+    if not any(_repeated([r], phase) for r in records for phase in ("clean", "adversarial")):
+        return ""
+    return (f" {REPEATED}: a randomized detector's mean over repeated evaluations (the records keep each "
+            f"metric's standard deviation and worst value).")
 
 
 def _reference_note(reference) -> str:
@@ -443,7 +455,7 @@ def _methods_tables(records, task, filters, reference=None) -> list[Table]:
     caption = (f"{what} AUROC, %) as clean / adversarial under {setting.describe()}; a dataset's value is the "
                f"mean over its categories; the best adversarial value of each row is bold."
                + _incomplete_note(rows + [average_row], "categories or datasets") + _selection_note(n_settings)
-               + _failures_note(chosen) + _reference_note(reference)
+               + _failures_note(chosen) + _reference_note(reference) + _repeated_note(chosen)
                + (f" No Average: {', '.join(split)} is read from several roots, precisions or devices (one row "
                   f"each), and a mean over those rows is not a mean over datasets." if split else ""))
     return [Table(caption, ["Dataset"] + [method_name(m) for m in methods], [rows, [average_row]],
@@ -599,7 +611,8 @@ def format_cell_result(record: dict) -> str:
             f"{setting.describe()}, seed {record.seed}")
     if record.failed:
         return f"{head}\nFAILED: {record.error}"
-    rows = [[title] + [Value(_metric(record, phase, key)).text() for phase in ("clean", "adversarial")]
+    rows = [[title] + [Value(_metric(record, phase, key), repeated=_repeated([record], phase)).text()
+                       for phase in ("clean", "adversarial")]
             for title, key in (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"),
                                ("pixel AUPRO", "pixel_aupro"))]
     body = tabulate(rows, headers=["metric (%)", "clean", "adversarial"], tablefmt="simple", disable_numparse=True,

@@ -31,24 +31,44 @@ class RecordError(ValueError):
         super().__init__("; ".join(problems))
 
 
+SPREAD_KEYS = tuple(f"{key}_{kind}" for key in METRIC_KEYS for kind in ("std", "worst"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Metrics:
-    """AUROC and AUPRO of one phase (clean or adversarial), in percent; None where not measurable."""
+    """AUROC and AUPRO of one phase (clean or adversarial), in percent; None where not measurable.
+
+    A randomized detector is evaluated `evaluations` times: each metric is then the mean over those
+    passes, `<metric>_std` its standard deviation and `<metric>_worst` its lowest value."""
 
     image_auroc: float | None
     pixel_auroc: float | None
     pixel_aupro: float | None
+    evaluations: int | None = None  # None: one evaluation
+    image_auroc_std: float | None = None
+    image_auroc_worst: float | None = None
+    pixel_auroc_std: float | None = None
+    pixel_auroc_worst: float | None = None
+    pixel_aupro_std: float | None = None
+    pixel_aupro_worst: float | None = None
 
     @classmethod
     def from_json(cls, block, phase: str) -> "Metrics":
         if not isinstance(block, dict) or any(k not in block for k in METRIC_KEYS):
             raise RecordError([f"{phase}: expected an object with {', '.join(METRIC_KEYS)}, got {block!r}"])
         problems = [f"{phase}.{key}: expected null or a percentage in [0, 100], got {block[key]!r}"
-                    for key in METRIC_KEYS
-                    if block[key] is not None and not (is_number(block[key]) and 0 <= block[key] <= 100)]
+                    for key in METRIC_KEYS + SPREAD_KEYS
+                    if block.get(key) is not None and not (is_number(block[key]) and 0 <= block[key] <= 100)]
         if problems:
             raise RecordError(problems)
-        return cls(*(None if block[k] is None else float(block[k]) for k in METRIC_KEYS))
+        values = {k: None if block.get(k) is None else float(block[k]) for k in METRIC_KEYS + SPREAD_KEYS}
+        evaluations = block.get("evaluations")
+        return cls(**values, evaluations=int(evaluations) if evaluations is not None else None)
+
+    @property
+    def repeated(self) -> bool:
+        """Means over several evaluations of a randomized detector."""
+        return (self.evaluations or 1) > 1
 
 
 # The fields a successful record must have (a failed one may leave them out).

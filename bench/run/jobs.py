@@ -82,6 +82,7 @@ class RunOptions:
     device: str = "cpu"
     precision: str = "fp32"
     attack_batch: int | None = None
+    evaluations: int | None = None  # scoring passes of a randomized detector (None: the default)
     redo_before: str | None = None  # --force: rerun the cells whose record was written before (ISO, UTC)
 
     def forces(self, record: Record | None) -> bool:
@@ -163,9 +164,10 @@ def grid_of(results: str | Path) -> tuple[list[Group], list[str]]:
     return [Group(tuple(found.values())) for found in cells.values()], problems
 
 
-def new_run_options(device: str, precision: str, attack_batch: int | None, force: bool) -> RunOptions:
+def new_run_options(device: str, precision: str, attack_batch: int | None, force: bool,
+                    evaluations: int | None = None) -> RunOptions:
     """The options of one `bench run` command; `--force` reruns its cells once (records older than now)."""
-    return RunOptions(device=device, precision=precision, attack_batch=attack_batch,
+    return RunOptions(device=device, precision=precision, attack_batch=attack_batch, evaluations=evaluations,
                       redo_before=now_iso() if force else None)
 
 

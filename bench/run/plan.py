@@ -130,7 +130,8 @@ def execute_run(specs: list, args, show: Callable[[object], None] | None = None)
         priors = {g.group_id: costs.estimate(g, prior_only=True).total_s for g in groups}
         groups = shard_groups(groups, priors, index, count)
         log(f"shard {index}/{count}: {len(groups)} of the grid's {total_groups} groups")
-    options = new_run_options(args.device, args.precision, args.attack_batch, args.force)
+    options = new_run_options(args.device, args.precision, args.attack_batch, args.force,
+                              getattr(args, "evaluations", None))
     jobs = [Job(group, str(results), options) for group in groups]
     pending = [job for job in jobs if args.force or not job.group.done(records)]
     done_groups = len(jobs) - len(pending)

@@ -41,7 +41,8 @@ def run_job(job: Job, run_info: dict, *, known: dict[str, Record | None] | None 
     forced = {cell_id for cell_id, record in known.items() if options.forces(record)}
     return run_group(list(job.group.cells), results=job.results,
                      options=EvalOptions(device=options.device, precision=options.precision,
-                                         attack_batch=options.attack_batch, progress=False),
+                                         attack_batch=options.attack_batch, progress=False,
+                                         evaluations=options.evaluations),
                      force=forced, known=known, run_info=run_info, wait_for_lease=wait_for_lease, log=log,
                      on_record=on_record)
 

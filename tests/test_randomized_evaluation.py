@@ -1,0 +1,67 @@
+"""A detector that declares `randomized = True` is scored R times: the record keeps each metric's mean,
+standard deviation and worst value, and tables mark the mean."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from robustad.bench.cli import main
+
+NOISY = '''
+import torch
+from tests.tiny_detector import TinyDetector
+
+
+class NoisyDetector(TinyDetector):
+    """The tiny detector with fresh Gaussian noise on its input at every call."""
+
+    randomized = True
+
+    def forward(self, images):
+        return super().forward(images + 0.05 * torch.randn_like(images))
+'''
+
+
+@pytest.fixture
+def noisy(tmp_path, monkeypatch):
+    (tmp_path / "noisy.py").write_text(textwrap.dedent(NOISY))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_randomized_detector_is_evaluated_several_times_and_its_spread_recorded(noisy, mvtec_root, capsys):
+    results = noisy / "results"
+    assert main(["run", "--method", "noisy:NoisyDetector", "--dataset", "mvtec", "--root", str(mvtec_root),
+                 "--category", "alpha", "--attack", "pgd", "--steps", "2", "--evaluations", "4",
+                 "--results", str(results)]) == 0
+    (path,) = (results / "records").glob("*.json")
+    record = json.loads(path.read_text())
+    for phase in ("clean", "adversarial"):
+        block = record[phase]
+        assert block["evaluations"] == 4
+        for metric in ("image_auroc", "pixel_auroc"):
+            assert block[f"{metric}_worst"] <= block[metric]
+            assert block[f"{metric}_std"] > 0  # fresh noise on every pass: the passes differ
+    assert "†" in capsys.readouterr().out
+    assert main(["table", "--results", str(results), "--format", "markdown", "--task", "al"]) == 0
+    table = capsys.readouterr().out
+    assert "†" in table and "repeated evaluations" in table
+
+
+def test_a_deterministic_detector_is_scored_once(mvtec_root, tmp_path):
+    results = tmp_path / "results"
+    assert main(["run", "--method", "tests.tiny_detector:TinyDetector", "--dataset", "mvtec", "--root",
+                 str(mvtec_root), "--category", "alpha", "--attack", "pgd", "--steps", "2", "--evaluations", "4",
+                 "--results", str(results)]) == 0
+    (path,) = (results / "records").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["clean"]["evaluations"] is None and record["adversarial"]["image_auroc_std"] is None
+
+
+def test_zero_evaluations_are_refused(mvtec_root, tmp_path, capsys):
+    assert main(["run", "--method", "tests.tiny_detector:TinyDetector", "--dataset", "mvtec", "--root",
+                 str(mvtec_root), "--category", "alpha", "--evaluations", "0", "--results", str(tmp_path / "r")]) == 2
+    assert "--evaluations 0" in capsys.readouterr().err
