@@ -1,6 +1,7 @@
 """Detectors: the interface (`Detector`), the registry and one adapter per method."""
 from robustad.methods.checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from robustad.methods.detector import Detector, DetectorConfig
+from robustad.methods.non_differentiable import NonDifferentiable, bpda_active, bpda_enabled
 from robustad.methods.registry import (METHODS, create_method, method_config, register_method, resolve_method,
                                        typed_config_overrides)
 
@@ -13,8 +14,11 @@ __all__ = [
     "Detector",
     "DetectorConfig",
     "METHODS",
+    "NonDifferentiable",
     "create_method",
     "method_config",
+    "bpda_active",
+    "bpda_enabled",
     "load_checkpoint",
     "register_method",
     "resolve_method",
