@@ -142,6 +142,8 @@ def test_bpda_defeats_8bit_quantization(trained_tiny):
     plain = pixel_auroc(defended, attacked(defended, images, masks, steps=5), masks)
     bpda = pixel_auroc(defended, attacked(defended, images, masks, steps=5, bpda=True), masks)
     undefended = pixel_auroc(tiny, attacked(tiny, images, masks, steps=5), masks)
+    print(f"\nquantizer oracle, pixel AUROC %: clean {clean:.1f}, PGD-5 {plain:.1f}, PGD-5 with BPDA {bpda:.1f}, "
+          f"PGD-5 on the model without the quantizer {undefended:.1f}")  # docs/adaptive.md quotes these
     assert undefended < clean - 15  # the model itself breaks
     assert plain > clean - 1, f"plain PGD moved the quantized detector: {clean:.1f} -> {plain:.1f}"
     assert abs(bpda - undefended) < 3, f"BPDA {bpda:.1f} vs the model without the quantizer {undefended:.1f}"
@@ -156,6 +158,8 @@ def test_eot_defeats_input_noise(trained_tiny):
                 for s in (1, 2)]
     eot = pixel_auroc(noisy, attacked(noisy, images, masks, steps=3, eot=20), masks, repeats=5)
     noise_free = pixel_auroc(noisy, attacked(tiny, images, masks, steps=3), masks, repeats=5)
+    print(f"\nnoise oracle, pixel AUROC %: clean {clean:.1f}, PGD-3 one pass {one_pass[0]:.1f} / {one_pass[1]:.1f}, "
+          f"EOT-20 {eot:.1f}, attack on the noise-free model {noise_free:.1f}")  # docs/adaptive.md quotes these
     assert eot < clean - 15
     assert min(one_pass) > eot + 3, f"EOT-20 {eot:.1f} is not clearly stronger than one pass {one_pass}"
     assert eot < noise_free + 2, f"EOT-20 {eot:.1f} falls short of the noise-free model's attack {noise_free:.1f}"
