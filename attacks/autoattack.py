@@ -75,6 +75,7 @@ class AutoAttack(Attack):
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.clone()
         for _, member in self.members:
+            member.last_eot = objective.eot  # members run on this objective: its EOT is theirs
             adv = member.perturb(objective.with_loss(member.loss), images)
             with torch.no_grad():
                 loss = objective.loss(adv, FlipLoss.MARGIN)

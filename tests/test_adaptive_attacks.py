@@ -187,6 +187,8 @@ def test_every_attack_averages_every_forward_over_the_eot_passes(trained_tiny, n
     assert seen2 - probe == 2 * (seen1 - probe)
     torch.testing.assert_close(adv2, adv1, rtol=0, atol=1e-6)
     assert (described1["eot"], described2["eot"]) == (1, 2)
+    for member in described2.get("members", []):
+        assert member["eot"] == 2, name
 
 
 def test_default_eot_follows_the_declared_randomness_and_is_recorded(trained_tiny):
