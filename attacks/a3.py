@@ -128,9 +128,9 @@ class A3(Attack):
 
     def __init__(
         self, threat, *, success_fraction: float = 1.0, threshold: float | None = None,
-        objective: str | Objective = Objective.LOCALIZATION, loss: str | FlipLoss = FlipLoss.MARGIN,
+        objective: str | Objective = Objective.LOCALIZATION, loss: str | FlipLoss = FlipLoss.MARGIN, **kwargs,
     ):
-        super().__init__(threat, objective=objective, loss=loss)
+        super().__init__(threat, objective=objective, loss=loss, **kwargs)
         if not 0.0 < float(success_fraction) <= 1.0:
             raise ValueError(f"a3: success_fraction must be in (0, 1], got {success_fraction}")
         self.success_fraction = float(success_fraction)
@@ -237,16 +237,20 @@ class A3(Attack):
             if rows.numel() == 0:
                 break
             last = i == total
-            x = adv[rows].detach().requires_grad_(not last)
-            with torch.set_grad_enabled(not last):
-                logits = sub.subset(rows).unit_logits(x)
-                loss = sub.subset(rows).loss_from_logits(logits)
-                if not last:
-                    ascent = (logits * weights[rows]).sum() if i < adi_steps else loss.sum()
-                    (grad,) = torch.autograd.grad(ascent, x)
-                    cost += rows.numel()
+            x = adv[rows].detach()
+            part = sub.subset(rows)
+            odi = i < adi_steps
+
+            def per_pass(pass_logits, rows=rows, odi=odi, part=part):
+                pass_loss = part.loss_from_logits(pass_logits)
+                ascent = (pass_logits * weights[rows]).sum(1) if odi else pass_loss
+                return ascent, pass_loss.detach(), pass_logits.detach()
+
+            # EOT: loss, logits and gradient are means over the objective's passes; the last point needs no gradient
+            (_, loss, logits), grad = part.evaluate(x, per_pass, grad=not last)
+            if not last:
+                cost += rows.numel()
             # the point just evaluated: keep its loss, check success
-            logits = logits.detach()
             won = image_success(logits, sub.targets[rows], tau, self.success_fraction)
             margin = success_margin(logits, sub.targets[rows], tau, self.success_fraction)
             state.update(chosen[rows], loss.detach(), x.detach(), margin, won)

@@ -68,7 +68,7 @@ class APGDResult(NamedTuple):
 
 
 def objective_evaluation(objective, loss: str = "ce", track: str | None = None) -> Evaluate:
-    """x -> Evaluation for an `AttackObjective`: one forward and one backward per call.
+    """x -> Evaluation for an `AttackObjective`: one forward and one backward per call (per EOT pass).
 
     `loss` is differentiated, `track` (default: `loss`) steers APGD's step size, and iterates are
     ranked by the margin flip loss. Names are those of `attacks/unit_losses.py`.
@@ -77,16 +77,16 @@ def objective_evaluation(objective, loss: str = "ce", track: str | None = None) 
         if name is not None and name not in UNIT_LOSSES:
             raise ValueError(f"unknown attack loss {name!r}; expected one of {', '.join(UNIT_LOSSES)}")
 
+    def per_pass(logits: torch.Tensor):
+        logits = logits.float()
+        value = unit_loss(loss, logits, objective.targets)
+        detached = logits.detach()
+        tracked = value if track in (None, loss) else unit_loss(track, detached, objective.targets)
+        return value, tracked, objective.loss_from_logits(detached, FlipLoss.MARGIN)
+
     def evaluate(x: torch.Tensor) -> Evaluation:
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = objective.unit_logits(x).float()
-            value = unit_loss(loss, logits, objective.targets)
-            (grad,) = torch.autograd.grad(value.sum(), x)
-        logits = logits.detach()
-        tracked = value.detach() if track in (None, loss) else unit_loss(track, logits, objective.targets)
-        rank = objective.loss_from_logits(logits, FlipLoss.MARGIN)
-        return Evaluation(grad.detach(), tracked, rank)
+        (_, tracked, rank), grad = objective.evaluate(x, per_pass)  # EOT: means over the objective's passes
+        return Evaluation(grad, tracked, rank)
 
     return evaluate
 

@@ -8,6 +8,18 @@ duration and hands the subclass an `AttackObjective` to maximize.
 whole test set's clean unit logits, which the runner computes once per cell and passes to every
 call. Without it, the batch's own clean logits calibrate it: the batch is then the test set.
 
+Adaptive options, accepted by every attack (`create_attack(..., eot=K, bpda=True)`, `--attack-option`):
+- `eot=K`: every loss, gradient and ranking the attack reads is the mean over K forward passes with
+  fresh randomness (`AttackObjective.evaluate`, Expectation over Transformation). Default (None):
+  1 for a deterministic detector, `RANDOMIZED_EOT` = 20 for one that declares `randomized = True`,
+  the EOT of AutoAttack's version for randomized defenses (Croce & Hein, ICML 2020,
+  https://arxiv.org/abs/2003.01690; its `version='rand'` runs APGD-CE and APGD-DLR with
+  `eot_iter=20`). `docs/adaptive.md` says why and when to raise it.
+- `bpda=True`: for the duration of the call every `robustad.methods.NonDifferentiable` step of the
+  detector passes its surrogate's gradient (BPDA, Athalye et al., ICML 2018); False (default): the
+  steps' own gradients, as the detector defines them.
+`describe()` records both (`eot` is the number of passes the last call used; "auto" before any call).
+
 Randomness: `image_random(images, stream)` draws per image, from the seed and the image's pixels
 (`attacks/image_random.py`), so an image gets the same random start wherever it sits in whichever
 batch; `generator(offset)` is one stream for the call, for what all images share.
@@ -20,8 +32,39 @@ from typing import Any, ClassVar
 import torch
 
 from robustad.attacks.image_random import ImageRandom
-from robustad.attacks.objectives import AttackObjective, FlipLoss, Objective
+from robustad.attacks.objectives import AttackObjective, FlipLoss, Objective, check_eot
 from robustad.attacks.threat_model import Norm, ThreatModel
+
+
+RANDOMIZED_EOT = 20  # default EOT for a detector declaring `randomized = True` (AutoAttack's `rand` version)
+
+
+def default_eot(detector) -> int:
+    """EOT passes when none is asked for: `RANDOMIZED_EOT` for a detector declaring `randomized`, else 1."""
+    return RANDOMIZED_EOT if getattr(detector, "randomized", False) else 1
+
+
+def parse_flag(name: str, value) -> bool:
+    """A boolean attack option given as a bool or as text ("true", "false", "1", "0")."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r}: expected true or false")
+
+
+@contextlib.contextmanager
+def adaptive(attack, detector):
+    """Frozen detector, BPDA switched to the attack's `bpda` for the block; yields the EOT passes to use."""
+    from robustad.methods.non_differentiable import bpda_enabled  # lazy: robustad.methods imports attacks
+
+    eot = attack.eot if attack.eot is not None else default_eot(detector)
+    attack.last_eot = eot
+    with frozen(detector), bpda_enabled(attack.bpda):
+        yield eot
 
 
 @contextlib.contextmanager
@@ -57,10 +100,15 @@ class Attack:
         *,
         objective: str | Objective = Objective.LOCALIZATION,
         loss: str | FlipLoss = FlipLoss.MARGIN,
+        eot: int | None = None,
+        bpda: bool | str = False,
     ):
         self.threat = threat
         self.objective = Objective.parse(objective)
         self.loss = FlipLoss.parse(loss)
+        self.eot = None if eot is None else check_eot(eot)
+        self.bpda = parse_flag("bpda", bpda)
+        self.last_eot: int | None = None  # the EOT passes of the last call (`eot` or the detector's default)
         if threat.norm not in self.norms:
             raise ValueError(
                 f"attack {self.name!r} supports norms {', '.join(n.value for n in self.norms)}, "
@@ -71,8 +119,9 @@ class Attack:
                  calibration=None):
         """Adversarial images (B, 3, H, W) for images (B, 3, H, W) in [0, 1], masks (B, 1, H, W) or
         None, labels (B,) or None; `calibration`: the test set's `UnitCalibration` (None: the batch's)."""
-        with frozen(detector):
-            objective = AttackObjective.build(detector, images, masks, labels, self.objective, self.loss, calibration)
+        with adaptive(self, detector) as eot:
+            objective = AttackObjective.build(detector, images, masks, labels, self.objective, self.loss, calibration,
+                                              eot=eot)
             if self.threat.eps == 0:
                 return images.detach().clone()
             adv = self.perturb(objective, images.detach())
@@ -107,7 +156,13 @@ class Attack:
             "seed": t.seed,
             "objective": self.objective.value,
             "loss": self.loss.value,
+            "eot": self.last_eot if self.last_eot is not None else (self.eot or "auto"),
+            "bpda": self.bpda,
         }
+
+    def adaptive_options(self) -> dict[str, Any]:
+        """`eot` and `bpda` as given, for building member attacks that share them."""
+        return {"eot": self.eot, "bpda": self.bpda}
 
     def __repr__(self) -> str:
         d = self.describe()

@@ -22,6 +22,10 @@ the first point that fools; AUROC has no "fooled", so the worst case is the high
 Original AutoAttack only attacks points still robust after the previous members; here every
 member attacks every image, so the cost is the sum of the members'.
 
+EOT and BPDA (`eot=K`, `bpda=true`) are set on AutoAttack and apply to every member: members run
+on AutoAttack's objective (the mean over K passes) inside its BPDA setting, as AutoAttack's `rand`
+version runs its members with EOT.
+
 Defaults (`create_attack("autoattack")`): 100 iterations per gradient member (AutoAttack's
 standard), 5,000 Square queries, one restart.
 """
@@ -55,7 +59,7 @@ class AutoAttack(Attack):
         self.members = self._build_members()
 
     def _build_members(self) -> list[tuple[str, Attack]]:
-        shared = dict(objective=self.objective)
+        shared = dict(objective=self.objective, **self.adaptive_options())
         members: list[tuple[str, Attack]] = [
             ("apgd-ce", APGD(self.threat, loss="ce", **shared)),
             ("pgd-margin", PGD(self.threat, loss="margin", **shared)),
@@ -71,6 +75,7 @@ class AutoAttack(Attack):
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.clone()
         for _, member in self.members:
+            member.last_eot = objective.eot  # members run on this objective: its EOT is theirs
             adv = member.perturb(objective.with_loss(member.loss), images)
             with torch.no_grad():
                 loss = objective.loss(adv, FlipLoss.MARGIN)

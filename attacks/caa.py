@@ -111,9 +111,9 @@ class CAA(Attack):
 
     def __init__(
         self, threat, *, policy: tuple[PolicyStep, ...] | None = None,
-        objective: str | Objective = Objective.LOCALIZATION, loss: str | FlipLoss = FlipLoss.MARGIN,
+        objective: str | Objective = Objective.LOCALIZATION, loss: str | FlipLoss = FlipLoss.MARGIN, **kwargs,
     ):
-        super().__init__(threat, objective=objective, loss=loss)
+        super().__init__(threat, objective=objective, loss=loss, **kwargs)
         self.policy = tuple(policy) if policy is not None else POLICIES[self.threat.norm]
         for step in self.policy:
             if step.attack not in MEMBERS:
@@ -158,19 +158,18 @@ class _Run:
 
     def evaluate(self, adv: torch.Tensor, member_loss: str):
         """Member loss (B,), its input gradient and the unit logits at `adv`; updates the best iterates."""
-        x = adv.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.objective.unit_logits(x)
+        def per_pass(logits):
             if member_loss == "cw":
                 loss = cw_flip_loss(logits.float(), self.objective.targets)
             elif member_loss == "ce":
                 loss = self.objective.loss_from_logits(logits, FlipLoss.CE)
             else:
                 loss = self.objective.loss_from_logits(logits)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        flip = self.objective.loss_from_logits(logits.detach())
-        self.best_loss, self.best_adv = keep_best(self.best_loss, self.best_adv, flip, x.detach())
-        return loss.detach(), grad, logits.detach()
+            return loss, self.objective.loss_from_logits(logits.detach()), logits.detach()
+
+        (loss, flip, logits), grad = self.objective.evaluate(adv, per_pass)  # EOT: means over passes
+        self.best_loss, self.best_adv = keep_best(self.best_loss, self.best_adv, flip, adv.detach())
+        return loss, grad, logits
 
     def inside(self, adv, start, radius):
         """Projection onto the member's ball around `start`, then onto the global ε-ball and [0, 1]."""

@@ -19,6 +19,7 @@ detector's boundary is at 0.
 """
 from __future__ import annotations
 
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -110,10 +111,18 @@ class AttackObjective:
     clean logits unless it is given the test set's calibration (what the runner does).
     `forward(detector, images)`, when given, replaces `detector(images)` in the losses (e.g. the
     compiled forward of `attacks/compiled_step.py`); the clean probe of `build` stays eager.
+
+    EOT (Expectation over Transformation, Athalye et al., ICML 2018, https://arxiv.org/abs/1802.00420):
+    with `eot = K > 1`, every quantity an attack reads is a mean over K forward passes, each with
+    fresh randomness of a randomized detector: `evaluate` (the one place where every gradient
+    attack takes its loss and input gradient: the mean of K per-pass losses and of their K input
+    gradients), `loss` (the mean of K per-pass losses: what attacks rank iterates by, so each
+    image's best point is chosen on the mean, not on one noisy pass) and `unit_logits` (the mean
+    of K passes' logits: success tests and clean references). K = 1 is one pass, as before.
     """
 
     def __init__(self, detector, targets: torch.Tensor, objective: Objective, loss: FlipLoss, calibration=None,
-                 forward=None):
+                 forward=None, eot: int = 1):
         from robustad.attacks.calibration import UnitCalibration
 
         self.detector = detector
@@ -125,11 +134,12 @@ class AttackObjective:
             raise ValueError(f"the calibration is for the {self.calibration.objective.value} objective's units, "
                              f"the attack's objective is {self.objective.value}")
         self.forward = forward
+        self.eot = check_eot(eot)
         self.forward_count = 0
 
     @classmethod
     def build(cls, detector, images, masks, labels=None, objective=Objective.LOCALIZATION, loss=FlipLoss.MARGIN,
-              calibration=None):
+              calibration=None, eot: int = 1):
         """The objective of one batch. Without `calibration`, the batch's own clean unit logits
         calibrate it: the batch is then the "test set" (see `attacks/calibration.py`)."""
         from robustad.attacks.calibration import UnitCalibration
@@ -144,7 +154,7 @@ class AttackObjective:
             if calibration is None:
                 clean = detector.score(probe).view(-1, 1) if objective == Objective.DETECTION else probe.flatten(1)
                 calibration = UnitCalibration.from_units(clean, targets, objective, source="batch")
-        return cls(detector, targets, objective, loss, calibration)
+        return cls(detector, targets, objective, loss, calibration, eot=eot)
 
     def raw_unit_logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, U) logits of the attacked units as the detector gives them."""
@@ -154,36 +164,88 @@ class AttackObjective:
             return self.detector.score(logits).view(-1, 1)
         return logits.flatten(1)
 
-    def unit_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, U) calibrated logits m' = (m − τ)/s of the attacked units."""
+    def pass_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, U) calibrated logits m' = (m − τ)/s of one forward pass (one draw of the detector's noise)."""
         return self.calibration.apply(self.raw_unit_logits(images))
+
+    def unit_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, U) calibrated logits m' = (m − τ)/s of the attacked units; with EOT the mean over `eot` passes."""
+        return _mean(self.pass_logits(images) for _ in range(self.eot))
 
     def loss_from_logits(self, logits: torch.Tensor, loss: FlipLoss | None = None) -> torch.Tensor:
         """Per-image loss (B,) of calibrated unit logits (B, U)."""
         return flip_loss(logits.float(), self.targets, loss or self.loss_kind)
 
     def loss(self, images: torch.Tensor, loss: FlipLoss | None = None) -> torch.Tensor:
-        """Per-image loss (B,) to maximize."""
-        return self.loss_from_logits(self.unit_logits(images), loss)
+        """Per-image loss (B,) to maximize; with EOT the mean of the `eot` passes' losses."""
+        return _mean(self.loss_from_logits(self.pass_logits(images), loss) for _ in range(self.eot))
+
+    def evaluate(self, images: torch.Tensor, per_pass: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+                 grad: bool = True):
+        """The mean over `eot` passes of `per_pass(logits)` and of the input gradient of its first output.
+
+        `per_pass` maps one pass's calibrated unit logits (B, U) to a tuple of tensors whose first is
+        the per-image loss (B,) to differentiate; the rest (losses that steer or rank, the logits
+        themselves) are averaged too. Each pass is one forward and one backward with fresh noise;
+        passes run one after the other, so memory is that of one pass. Returns (tuple of detached
+        means, mean input gradient with the images' shape); `grad=False`: forwards only, gradient None.
+        """
+        sums: list[torch.Tensor] | None = None
+        grad_sum = None
+        for _ in range(self.eot):
+            if grad:
+                x = images.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    outputs = tuple(per_pass(self.pass_logits(x)))
+                    (pass_grad,) = torch.autograd.grad(outputs[0].sum(), x)
+                grad_sum = pass_grad if grad_sum is None else grad_sum + pass_grad
+            else:
+                with torch.no_grad():
+                    outputs = tuple(per_pass(self.pass_logits(images)))
+            outputs = [o.detach() for o in outputs]
+            sums = outputs if sums is None else [s + o for s, o in zip(sums, outputs)]
+        if self.eot > 1:
+            sums = [s / self.eot for s in sums]
+            grad_sum = None if grad_sum is None else grad_sum / self.eot
+        return tuple(sums), None if grad_sum is None else grad_sum.detach()
 
     def loss_and_grad(self, images: torch.Tensor, loss: FlipLoss | None = None):
-        """Per-image loss (B,) and its gradient with respect to the images only."""
-        x = images.detach().requires_grad_(True)
-        with torch.enable_grad():
-            value = self.loss(x, loss)
-            (grad,) = torch.autograd.grad(value.sum(), x)
-        return value.detach(), grad.detach()
+        """Per-image loss (B,) and its gradient with respect to the images only (EOT: both means over passes)."""
+        (value,), grad = self.evaluate(images, lambda logits: (self.loss_from_logits(logits, loss),))
+        return value, grad
 
     def subset(self, index: torch.Tensor) -> "AttackObjective":
         """The same objective restricted to the images at `index`."""
         return AttackObjective(self.detector, self.targets[index], self.objective, self.loss_kind, self.calibration,
-                               self.forward)
+                               self.forward, self.eot)
 
     def with_loss(self, loss: FlipLoss | str) -> "AttackObjective":
         """The same units and calibration with another loss."""
         return AttackObjective(self.detector, self.targets, self.objective, FlipLoss.parse(loss), self.calibration,
-                               self.forward)
+                               self.forward, self.eot)
 
     def with_forward(self, forward) -> "AttackObjective":
         """The same objective computing the detector's logits with `forward(detector, images)` (None: eager)."""
-        return AttackObjective(self.detector, self.targets, self.objective, self.loss_kind, self.calibration, forward)
+        return AttackObjective(self.detector, self.targets, self.objective, self.loss_kind, self.calibration, forward,
+                               self.eot)
+
+    def with_eot(self, eot: int) -> "AttackObjective":
+        """The same objective averaging over `eot` forward passes (EOT; 1: one pass)."""
+        return AttackObjective(self.detector, self.targets, self.objective, self.loss_kind, self.calibration,
+                               self.forward, eot)
+
+
+def check_eot(eot) -> int:
+    """`eot` as a number of passes >= 1 (ValueError naming the option otherwise)."""
+    if isinstance(eot, bool) or not isinstance(eot, (int, float)) or int(eot) != eot or int(eot) < 1:
+        raise ValueError(f"eot={eot!r}: expected a whole number of forward passes >= 1 (e.g. eot=20)")
+    return int(eot)
+
+
+def _mean(values):
+    """The mean of an iterable of tensors (the tensor itself for one: no extra arithmetic at K = 1)."""
+    total, count = None, 0
+    for value in values:
+        total = value if total is None else total + value
+        count += 1
+    return total if count == 1 else total / count

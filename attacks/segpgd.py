@@ -62,12 +62,9 @@ class SegPGD(Attack):
                 adv = images.clone()
             for step in range(1, t.steps + 1):
                 weight = segpgd_weight(step, t.steps)
-                x = adv.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    logits = objective.unit_logits(x).float()
-                    loss = segpgd_cross_entropy(logits, targets, weight)
-                    (grad,) = torch.autograd.grad(loss.sum(), x)
-                rank = objective.loss_from_logits(logits.detach(), FlipLoss.MARGIN)
+                (_, rank), grad = objective.evaluate(adv, lambda logits: (
+                    segpgd_cross_entropy(logits.float(), targets, weight),
+                    objective.loss_from_logits(logits.detach(), FlipLoss.MARGIN)))
                 best_rank, best_adv = keep_best(best_rank, best_adv, rank, adv)
                 adv = project(adv + t.alpha * ascent_direction(grad, t.norm), images, t.norm, t.eps)
             with torch.no_grad():

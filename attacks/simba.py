@@ -53,9 +53,9 @@ class SimBA(Attack):
 
     def __init__(
         self, threat, *, basis: str = "dct",
-        objective: str | Objective = Objective.LOCALIZATION, loss: str | FlipLoss = FlipLoss.MARGIN,
+        objective: str | Objective = Objective.LOCALIZATION, loss: str | FlipLoss = FlipLoss.MARGIN, **kwargs,
     ):
-        super().__init__(threat, objective=objective, loss=loss)
+        super().__init__(threat, objective=objective, loss=loss, **kwargs)
         basis = str(basis).lower()
         if basis not in BASES:
             raise ValueError(f"simba: unknown basis {basis!r}; expected one of {', '.join(BASES)}")

@@ -9,6 +9,9 @@ each member on every image. All members and the ranking see one calibration (the
 the batch's when none is given), and a member that needs the whole test set (A³) gets it while the
 others run on chunks of `max_batch` images.
 
+With EOT (`eot=K`, given to every member by `create_attack`), the ranking is the mean margin over
+K passes too (the first member's EOT setting).
+
 `describe()["attack"]` names every member with its real budget (`worst:pgd-20,square-5000`), and
 `steps` is None: the members carry theirs (`members`), so records and tables never put two
 different composites in one column.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from robustad.attacks.attack import frozen
+from robustad.attacks.attack import adaptive
 from robustad.attacks.objectives import AttackObjective, FlipLoss
 
 
@@ -48,9 +51,10 @@ class WorstCase:
         """The per-image worst case (B, 3, H, W) over the members' adversarial images."""
         from robustad.attacks.batching import attack_in_chunks
 
-        with frozen(detector), torch.no_grad():
+        ranker = self.members[0]
+        with adaptive(ranker, detector) as eot, torch.no_grad():
             ranking = AttackObjective.build(detector, images, masks, labels, self.objective, FlipLoss.MARGIN,
-                                            calibration)
+                                            calibration, eot=eot)
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device)
         best_adv = images.detach().clone()
         self.last_member_losses: list[torch.Tensor] = []  # per member, per image (for `bench check`)
@@ -60,8 +64,8 @@ class WorstCase:
             else:
                 adv = attack_in_chunks(member, detector, images, masks, labels, max_batch=max_batch,
                                        calibration=ranking.calibration)
-            with frozen(detector), torch.no_grad():
-                loss = ranking.loss(adv)
+            with adaptive(ranker, detector), torch.no_grad():
+                loss = ranking.loss(adv)  # EOT: the mean over the members' passes
             self.last_member_losses.append(loss.detach().cpu())
             better = loss > best_loss
             best_loss = torch.where(better, loss, best_loss)

@@ -18,6 +18,7 @@ BASELINES = {
                   gas_steps=2, adv_steps=1),
     "recontrast": dict(backbone="resnet18", bottleneck_blocks=1, decoder_blocks=(1, 1, 1), iterations=2,
                        batch_size=6, adv_steps=1),
+    "glad": dict(train_steps=2, batch_size=2),  # quick is already tiny (random diffusers models, 32 px)
     "generalad": dict(backbone="vit_tiny_patch16_224", vit_depth=2, vit_patch_size=8, blocks=(2,), hidden_dim=32,
                       heads=2, epochs=2, top_k=3, adv_steps=2),
 }
