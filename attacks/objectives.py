@@ -197,7 +197,7 @@ class AttackObjective:
                 x = images.detach().requires_grad_(True)
                 with torch.enable_grad():
                     outputs = tuple(per_pass(self.pass_logits(x)))
-                    (pass_grad,) = torch.autograd.grad(outputs[0].sum(), x)
+                    pass_grad = input_gradient(outputs[0], x)
                 grad_sum = pass_grad if grad_sum is None else grad_sum + pass_grad
             else:
                 with torch.no_grad():
@@ -233,6 +233,16 @@ class AttackObjective:
         """The same objective averaging over `eot` forward passes (EOT; 1: one pass)."""
         return AttackObjective(self.detector, self.targets, self.objective, self.loss_kind, self.calibration,
                                self.forward, eot)
+
+
+def input_gradient(loss: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """d loss.sum() / d images; zeros where the loss does not depend on the images through autograd (a
+    `no_grad` or a detach inside the detector): the attack then learns nothing, as a masked gradient
+    would tell it, and the soundness checks report the zero gradient instead of a crash."""
+    if not loss.requires_grad:
+        return torch.zeros_like(images)
+    (grad,) = torch.autograd.grad(loss.sum(), images, allow_unused=True)
+    return torch.zeros_like(images) if grad is None else grad
 
 
 def check_eot(eot) -> int:

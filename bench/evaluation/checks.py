@@ -18,10 +18,13 @@ def input_gradient_check(detector, images, masks) -> dict:
         objective = AttackObjective.build(detector, images, masks)
         _, grad = objective.loss_and_grad(images)
     per_image = grad.flatten(1).abs().amax(1)
+    finite = torch.isfinite(grad.flatten(1)).all(1)
     return {
         "zero_gradient_fraction": float((per_image == 0).float().mean()),
-        "gradient_finite": bool(torch.isfinite(grad).all()),
-        "gradient_max_abs": float(per_image.max()),
+        "gradient_finite": bool(finite.all()),
+        # zero or non-finite: an attack learns nothing from these images (gradient masking or a no_grad)
+        "masked_gradient_fraction": float(((per_image == 0) | ~finite).float().mean()),
+        "gradient_max_abs": float(per_image[finite].max()) if finite.any() else float("nan"),
     }
 
 

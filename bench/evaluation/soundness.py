@@ -40,6 +40,10 @@ from robustad.bench.evaluation.prepare import prepare
 from robustad.bench.results.records import write_json_atomic
 
 COLLAPSE_BELOW = 30.0  # AUROC (%) under which a model counts as collapsed
+MASKED_SHARE = 0.05  # images whose input gradient may be zero or non-finite before masking is flagged
+SUCCESS_DROP = 10.0  # AUROC points PGD must take off a randomized detector with its noise fixed
+EOT_LADDER = (1, 5, 20)  # EOT passes compared for a randomized detector (AutoAttack's rand version uses 20)
+SETTLE_POINTS = 2.0  # AUROC points within which EOT-20 and EOT-5 count as settled
 
 
 @dataclasses.dataclass
@@ -248,21 +252,128 @@ class SoundnessCheck:
                 torch.tensor([float(b["label"]) for b in items], device=self.device))
 
     def gradients_and_determinism(self) -> list[CheckResult]:
-        batch = [self.test_set[i] for i in range(min(8, len(self.test_set)))]
-        images = torch.stack([b["image"] for b in batch]).to(self.device)
-        masks = torch.stack([b["mask"] for b in batch]).to(self.device)
+        """Input gradients on the checked images (zero or non-finite on more than MASKED_SHARE of them:
+        masking), and whether two identical forward passes agree, as the detector declares."""
+        images, masks, _ = self.test_tensors()
         c = cheap_checks(self.detector, images, masks)
+        masked = c["masked_gradient_fraction"]
+        declared = bool(getattr(self.detector, "randomized", False))
+        if declared:
+            randomness = CheckResult("randomness_declared", c["randomized"],
+                                     {"forward_max_difference": c["forward_max_difference"]},
+                                     "" if c["randomized"] else "declared randomized, but two passes agree")
+        else:
+            randomness = CheckResult("deterministic", not c["randomized"],
+                                     {"forward_max_difference": c["forward_max_difference"]},
+                                     "" if not c["randomized"] else "two identical passes differ: declare "
+                                     "randomized = True so that attacks use EOT and evaluations are repeated")
         return [
-            CheckResult("input_gradients_nonzero", c["zero_gradient_fraction"] == 0 and c["gradient_finite"],
-                        {"zero_gradient_fraction": c["zero_gradient_fraction"], "finite": c["gradient_finite"]}),
-            CheckResult("deterministic", not c["randomized"], {"forward_max_difference": c["forward_max_difference"]}),
+            CheckResult("input_gradients_not_masked", masked <= MASKED_SHARE,
+                        {"masked_gradient_fraction": round(masked, 3), "threshold": MASKED_SHARE,
+                         "finite": c["gradient_finite"]},
+                        "" if masked <= MASKED_SHARE else "zero or non-finite input gradients: gradient masking, a "
+                        "no_grad/detach in the scoring path, or a non-differentiable step (wrap it in "
+                        "NonDifferentiable and attack with bpda=true)"),
+            randomness,
         ]
+
+    def noise_baseline(self) -> CheckResult:
+        """PGD against random noise on the ε-ball's surface (signs of Gaussian noise times ε under L∞, a
+        random direction of length ε under L2): an attack weaker than noise is broken."""
+        pgd = self.adversarial("pgd", steps=self.steps)[1]
+        images, masks, labels = self.test_tensors()
+        generator = torch.Generator().manual_seed(self.spec.seed)
+        direction = torch.randn(images.shape, generator=generator).to(images)
+        if self.spec.norm == "linf":
+            step = self.spec.eps * direction.sign()
+        else:
+            step = self.spec.eps * direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        noise = scored_metric(self.detector, images, (images + step).clamp(0, 1), masks, labels, self.metric)
+        passed = pgd <= noise + self.margin
+        return CheckResult("stronger_than_noise", passed, {"pgd": round(pgd, 2), "random_noise": round(noise, 2)},
+                           "" if passed else "PGD is weaker than random noise of the same budget: the attack is "
+                                             "broken or the gradients mislead it")
+
+    def transfer_from_undefended(self) -> CheckResult:
+        """Adversarial images crafted on the undefended twin, scored by the detector: a transfer attack
+        stronger than the white-box one means the white-box gradients are masked."""
+        spec = None if self.detector.given_weights is not None else self.undefended_spec()
+        if spec is None:
+            return CheckResult("whitebox_not_weaker_than_transfer", None, {}, "no undefended twin to transfer from")
+        white = self.adversarial("pgd", steps=self.steps)[1]
+        with prepare(spec, results=self.results, device=str(self.device), log=self.log) as undefended:
+            images, masks, labels = self.test_tensors()
+            attack = self.build_attack("pgd", steps=self.steps)
+            transferred = attack(undefended.detector, images, masks, labels)
+        metric = scored_metric(self.detector, images, transferred, masks, labels, self.metric)
+        passed = white <= metric + self.margin
+        return CheckResult("whitebox_not_weaker_than_transfer", passed,
+                           {"white_box_pgd": round(white, 2), "transfer_from_undefended": round(metric, 2)},
+                           "" if passed else "the undefended twin's adversarial images hurt more than the white-box "
+                                             "attack: gradient masking?")
+
+    def fixed_randomness_succeeds(self) -> CheckResult:
+        """A randomized detector with its noise fixed (the same draws at every call) is attacked without
+        EOT: the attack must succeed, else the robustness is not the randomness's doing."""
+        fixed = FixedRandomness(self.detector, seed=self.spec.seed)
+        clean, adv = self.adversarial("pgd", detector=fixed, steps=self.steps, eot=1)
+        passed = adv <= clean - SUCCESS_DROP
+        return CheckResult("attack_succeeds_with_randomness_fixed", passed,
+                           {"clean": round(clean, 2), "adversarial": round(adv, 2), "required_drop": SUCCESS_DROP},
+                           "" if passed else "even with its noise fixed the detector resists PGD: its robustness "
+                                             "does not come from the randomness alone")
+
+    def eot_settles(self) -> CheckResult:
+        """PGD with EOT over K = 1, 5, 20 passes: the adversarial AUROC must settle as K grows."""
+        values = {k: self.adversarial("pgd", steps=self.steps, eot=k)[1] for k in EOT_LADDER}
+        last, before = values[EOT_LADDER[-1]], values[EOT_LADDER[-2]]
+        passed = abs(last - before) <= SETTLE_POINTS
+        return CheckResult("eot_settles", passed, {f"eot={k}": round(v, 2) for k, v in values.items()},
+                           "" if passed else f"EOT-{EOT_LADDER[-1]} and EOT-{EOT_LADDER[-2]} differ by more than "
+                                             f"{SETTLE_POINTS} points: use a larger eot")
 
     def run_all(self) -> list[CheckResult]:
         results = [*self.gradients_and_determinism(), self.inside_threat_model(), self.more_steps_not_weaker(),
                    self.more_restarts_not_weaker(), *self.eps_monotone_and_collapse(), self.undefended_collapses(),
-                   self.blackbox_not_stronger(), self.logit_shift_invariance(), self.composites_not_weaker()]
+                   self.blackbox_not_stronger(), self.noise_baseline(), self.transfer_from_undefended(),
+                   self.logit_shift_invariance(), self.composites_not_weaker()]
+        if getattr(self.detector, "randomized", False):
+            results += [self.fixed_randomness_succeeds(), self.eot_settles()]
         return results
+
+
+class FixedRandomness(torch.nn.Module):
+    """A randomized detector whose every call draws the same numbers (torch's generators reseeded inside
+    a forked state): what it would be without its randomness. Scores and maps are the detector's own."""
+
+    def __init__(self, detector, seed: int = 0):
+        super().__init__()
+        self.detector, self.seed = detector, seed
+        self.image_size, self.localizes, self.randomized = detector.image_size, detector.localizes, False
+
+    def forward(self, images):
+        devices = [images.device] if images.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            return self.detector(images)
+
+    def score(self, logits):
+        return self.detector.score(logits)
+
+    def anomaly_map(self, logits, size):
+        return self.detector.anomaly_map(logits, size)
+
+
+def scored_metric(detector, clean, adversarial, masks, labels, metric: str) -> float:
+    """`metric` (image_auroc or pixel_auroc, %) of the detector on `adversarial` images."""
+    from robustad.bench.evaluation.metrics import image_auroc, pixel_auroc
+
+    with torch.no_grad():
+        logits = detector(adversarial)
+        if metric == "image_auroc":
+            return image_auroc(labels.cpu().numpy(), detector.score(logits).float().cpu().numpy())
+        maps = detector.anomaly_map(logits.float(), clean.shape[-1]).cpu().numpy()
+    return pixel_auroc(masks[:, 0].cpu().numpy(), maps)
 
 
 def format_report(spec: CellSpec, metric: str, results: list[CheckResult]) -> str:
