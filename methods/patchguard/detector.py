@@ -186,11 +186,12 @@ class PatchGuard(Detector):
     @classmethod
     def cost_prior(cls, config, profile: Profile) -> tuple[float, float] | None:
         """Measured rates (docs/findings/patchguard-cpu-scale.md, attack-engine-performance.md): `quick` on a
-        2-core CPU fits 64 images in 589-851 s and runs PGD-20 on 49 images in 2.6 s; `long` fits ~67 s per
-        image, its attacks 1.76x quick's; `paper` on one H200: 0.26 s per step of 16 + 16 images for 300
-        epochs, PGD at 1168 image·steps/s; `official`: 1000 epochs (not measured). Given weights: no fit."""
+        2-core CPU fits in fp32 at ~2.9 s per epoch of 64 images (~13.5 s per image for 300 epochs) and runs
+        PGD-20 on 49 images in 2.6 s; `long` fits ~67 s per image, its attacks 1.76x quick's; `paper` on
+        one H200: 0.26 s per step of 16 + 16 images for 300 epochs, PGD at 1168 image·steps/s; `official`:
+        1000 epochs (not measured). Given weights: no fit."""
         fit, attack = {
-            Profile.QUICK: (11.0, 2.6 / (49 * 20)),
+            Profile.QUICK: (13.5, 2.6 / (49 * 20)),
             Profile.LONG: (67.0, 1.76 * 2.6 / (49 * 20)),
             Profile.PAPER: (300 * 0.26 / 16, 1 / 1168),
             Profile.OFFICIAL: (1000 * 0.26 / 16, 1 / 1168),
