@@ -81,7 +81,7 @@ class ConvAutoencoder(nn.Module):
 
 @register_method("principals")
 class PrincipaLS(ImageScoreDetector):
-    """PrincipaLS: an adversarially trained autoencoder with cascade PCA in its latent; S(x) its reconstruction error."""
+    """PrincipaLS: an adversarially trained autoencoder with cascade PCA in its latent; S(x) = reconstruction error."""
 
     name = "principals"
     display_name = "PrincipaLS"
