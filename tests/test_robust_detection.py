@@ -289,3 +289,17 @@ def test_rodeo_refuses_bad_exposure_folders_before_training(tmp_path):
     (broken / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     assert str(broken / "bad.png") in check(broken)
     Rodeo.check_before_run(method_config("rodeo", "quick"), "mvtec", ["alpha"])  # no folder: nothing to check
+
+
+def test_rodeo_per_category_exposure_folders(tmp_path):
+    from robustad.methods import method_config
+
+    write_images(tmp_path / "exposures" / "alpha", 2)
+    (tmp_path / "exposures" / "beta").mkdir()  # empty: refused, naming its folder
+    shared = str(tmp_path / "exposures")
+    assert Rodeo.cell_overrides({"exposure_dir": shared}, "mvtec", "alpha") == {"exposure_dir": f"{shared}/alpha"}
+    assert Rodeo.cell_overrides({"exposure_dir": shared}, "mvtec", "gamma") == {"exposure_dir": shared}
+    assert Rodeo.cell_overrides({"epochs": 3}, "mvtec", "alpha") == {"epochs": 3}
+    Rodeo.check_before_run(method_config("rodeo", "quick", exposure_dir=shared), "mvtec", ["alpha"])
+    with pytest.raises(ValueError, match=f"exposure_dir={shared}/beta: the folder holds no image"):
+        Rodeo.check_before_run(method_config("rodeo", "quick", exposure_dir=shared), "mvtec", ["alpha", "beta"])

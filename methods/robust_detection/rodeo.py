@@ -23,7 +23,7 @@ attack). As the high-resolution notebook sets it:
 Exposures. The authors' exposures come from GLIDE guided by CLIP with text prompts near the normal
 class (their `GenerateExposures.ipynb`), plus Tiny ImageNet images; neither can be made offline.
 `--config exposure_dir=DIR` trains against the images of a folder (e.g. the released exposures,
-`exposure_folder.py`); without one, against robustad's own pseudo anomalies of the normal images
+`exposure_folder.py`; `DIR/<category>` where that folder exists, so one option serves a grid); without one, against robustad's own pseudo anomalies of the normal images
 (`--config pseudo_anomaly=cutpaste|fpi|nsa|perlin`, made fresh for every batch; PatchGuard's
 generators in `methods/patchguard/`, DRAEM's Perlin synthesis in `methods/baselines/synthesis.py`).
 The record's config shows which: a non-empty `exposure_dir` is the folder, else `pseudo_anomaly`.
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,12 @@ def build_resnet18(width: int, num_classes: int = 2) -> torch.nn.Module:
     channels = tuple(width * 2**i for i in range(4))
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, channels=channels, stem_width=width,
                   zero_init_last=False)
+
+
+def category_folder(folder: str, category: str) -> str:
+    """`folder/<category>` when it is a folder, else `folder`."""
+    inner = Path(folder).expanduser() / category
+    return str(Path(folder) / category) if category and inner.is_dir() else folder
 
 
 def learning_rate(base: float, progress: float, epochs: int) -> float:
@@ -133,10 +140,20 @@ class Rodeo(ImageScoreDetector):
 
     @classmethod
     def check_before_run(cls, config, dataset, categories) -> None:
-        """The exposure folder, when given, exists and holds readable images."""
+        """The exposure folder of every category, when given, exists and holds readable images."""
         config = config if config is not None else cls.profiles[Profile.QUICK]
         if config.exposure_dir:
-            check_exposure_folder(cls.name, config.exposure_dir)
+            for folder in sorted({category_folder(config.exposure_dir, c) for c in categories or [""]}):
+                check_exposure_folder(cls.name, folder)
+
+    @classmethod
+    def cell_overrides(cls, overrides, dataset, category):
+        """`exposure_dir=DIR` becomes `DIR/<category>` where that folder exists (per-category exposures,
+        as the authors release them), else stays `DIR` (one folder for every category)."""
+        out = dict(overrides)
+        if out.get("exposure_dir"):
+            out["exposure_dir"] = category_folder(out["exposure_dir"], category)
+        return out
 
     @property
     def exposure_source(self) -> str:
