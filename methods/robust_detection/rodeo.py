@@ -29,8 +29,8 @@ generators in `methods/patchguard/`, DRAEM's Perlin synthesis in `methods/baseli
 The record's config shows which: a non-empty `exposure_dir` is the folder, else `pseudo_anomaly`.
 
 `adv_train=false` trains the same classifier on clean batches (the ablation the soundness check
-compares with). The `quick` profile (64 px, width 16, 20 epochs of batch 32) trains at ε = 8/255,
-the benchmark's test ε, so the 2-core run shows what adversarial training buys at that ε.
+compares with). The `quick` profile (64 px, width 16, 20 epochs of batch 32) trains at ε = 8/255, the
+benchmark's test ε; what it does and does not learn at that scale: `docs/methods/rodeo.md`.
 """
 from __future__ import annotations
 
