@@ -23,6 +23,13 @@ BASELINES = {
                       heads=2, epochs=2, top_k=3, adv_steps=2),
 }
 
+# The detection-only robust methods (methods/robust_detection).
+ROBUST_DETECTION = {
+    "zarnd": dict(backbone="resnet18"),
+    "principals": dict(width=4, depth=2, spatial_components=4, epochs=1, batch_size=6, adv_steps=1),
+    "rodeo": dict(width=4, epochs=1, batch_size=8, adv_steps=1),
+}
+
 
 def tiny_overrides(name: str) -> dict:
     """Config overrides that make method `name` tiny and independent of pretrained weights."""
@@ -33,4 +40,4 @@ def tiny_overrides(name: str) -> dict:
     family = name.removesuffix("-adv")
     fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_class)}
     scratch = {"backbone_init": "scratch"} if "backbone_init" in fields else {}
-    return {"image_size": SIZE, **scratch, **BASELINES[family]}
+    return {"image_size": SIZE, **scratch, **{**BASELINES, **ROBUST_DETECTION}[family]}
