@@ -4,7 +4,7 @@ with and without it (`--config adv_train=false`), same seed, same data, one proc
 For the methods with an `adv_train` switch (PrincipaLS, RODEO), outside the record-keeping runner. For each
 seed and each `adv_train` value the method is built and fitted on the training split of
 `--dataset`/`--category` (seeded as the runner seeds: before construction and before fit), then
-evaluated with `robustad.bench.runner.evaluate` (clean pass, calibration from the whole clean test
+evaluated with `robustad.bench.evaluation.evaluate.evaluate` (clean pass, calibration from the whole clean test
 set, PGD L∞ at each `--eps` (default 8/255) on the detection objective, step 2.5·ε/steps, no random
 start). Prints one line per run and the mean over seeds; `--json` prints one object.
 
@@ -20,7 +20,7 @@ import time
 import torch
 
 from robustad.attacks import create_attack
-from robustad.bench.runner import evaluate
+from robustad.bench.evaluation.evaluate import evaluate
 from robustad.core.parsing import parse_number
 from robustad.core.seeding import seed_everything
 from robustad.datasets import create_dataset
