@@ -321,6 +321,7 @@ def expand_grid(grid: Grid, roots: dict | None = None, *, profile: str | None = 
         for method, dataset in itertools.product(run.methods, run.datasets):
             root = roots.get(dataset, roots.get(None))
             categories, category_problem = checker.categories(dataset, run.categories)
+            inputs_problem = checker.inputs(method, run.config, dataset, categories)
             for category, attack, objective, eps_text, seed in itertools.product(
                     categories, run.attacks, run.objectives, run.eps, seeds):
                 cell = GridCell(method=method, dataset=dataset, category=category, attack=attack, objective=objective,
@@ -329,7 +330,7 @@ def expand_grid(grid: Grid, roots: dict | None = None, *, profile: str | None = 
                                 root=str(root) if root is not None else None, not_implemented=run.not_implemented)
                 cells.append(cell)
                 reason = (run.not_implemented or checker.method(method, run.config)
-                          or checker.applicable(method, objective)
+                          or checker.applicable(method, objective) or inputs_problem
                           or checker.attack(attack, run.norm, eps_text, run.steps, objective, run.attack_options)
                           or category_problem or checker.dataset(dataset, category))
                 if reason:
@@ -363,6 +364,24 @@ class _Checker:
             return None
 
         return self._once(("method", method, config), check)
+
+    def inputs(self, method: str, config, dataset: str, categories) -> str | None:
+        """What the method checks itself before running (its `check_before_run`: weights files, image
+        folders its config names), for these categories."""
+        def check():
+            from robustad.methods import method_config, resolve_method
+
+            try:
+                resolve_method(method).check_before_run(method_config(method, profile=self.profile, **dict(config)),
+                                                        dataset, list(categories))
+            except (KeyError, ValueError, ImportError, AttributeError, TypeError) as err:
+                message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+                return message if message.startswith(f"method {method!r}") else f"method {method!r}: {message}"
+            return None
+
+        if self.method(method, config):
+            return None  # the method itself is the problem, reported as such
+        return self._once(("inputs", method, config, dataset, tuple(categories)), check)
 
     def applicable(self, method: str, objective: str) -> str | None:
         """A detection-only method (its detector declares `localizes = False`) has no localization cell."""
