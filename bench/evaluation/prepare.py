@@ -5,7 +5,7 @@ overrides, after the detector's own `cell_overrides` hook, e.g. a folder of per-
 becoming this category's file), opens the train and test sets at its image size, checks that every
 image decodes, takes the lease of the group's checkpoint and then fits the detector or loads its
 checkpoint — or, when the detector holds weights the user gave (`given_weights`), evaluates them as
-they are. `bench run` (every executor), `bench check` and `bench attention-degree` all go through it.
+they are. A transductive detector (`uses_test_references`) then receives the clean test set. `bench run` (every executor), `bench check` and `bench attention-degree` all go through it.
 
 The lease (`bench/run/lease.py`) makes the holder the one process that trains and attacks this model:
 while another process holds it, `prepare` waits (or, with `wait_for_lease=False`, raises
@@ -117,6 +117,9 @@ def prepare(spec: CellSpec, *, results: str | Path = "results", device: str = "c
             fit_seconds, reused = fit_or_load(detector, path, spec.seed, datasets["train"], log)
             checkpoint = path
         detector.to(torch_device).eval()
+        if getattr(detector, "uses_test_references", False):  # transductive: the clean test set, fixed from here on
+            test = datasets["test"]
+            detector.set_test_references(torch.stack([test[i]["image"] for i in range(len(test))]).to(torch_device))
         seed_everything(spec.seed)  # what follows draws the same numbers whether the model was fitted or loaded
     except BaseException:
         lease.release()
