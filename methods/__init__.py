@@ -7,6 +7,7 @@ from robustad.methods.registry import (METHODS, create_method, method_config, re
 # Registered methods (explicit imports fill the registry).
 from robustad.methods import patchguard  # noqa: E402,F401  isort: skip
 from robustad.methods import baselines  # noqa: E402,F401  isort: skip
+from robustad.methods import localization  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "CheckpointMismatchError",
