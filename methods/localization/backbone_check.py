@@ -13,6 +13,14 @@ from robustad.methods.baselines.backbones import (EFFICIENTNET, BackboneConfig, 
 
 
 def check_backbone_weights(method: str, config: BackboneConfig, stages=("layer1",)) -> None:
+    """Raises a ValueError (the hook's contract) when"""
+    try:
+        _check(method, config, stages)
+    except MissingWeightsError as err:
+        raise ValueError(str(err)) from err
+
+
+def _check(method: str, config: BackboneConfig, stages) -> None:
     """Raises MissingWeightsError when the pretrained weights are absent, or the given file is missing or
     does not fit `config.backbone` (loaded into a scratch copy of the extractor to find out)."""
     source = config.backbone_weights.strip()

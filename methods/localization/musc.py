@@ -40,6 +40,7 @@ from robustad.core.seeding import derived_generator
 from robustad.methods.baselines.common import resize_buffers, stack_images
 from robustad.methods.config_fields import in_range, one_of
 from robustad.methods.detector import Detector, DetectorConfig
+from robustad.methods.localization.inputs import check_images
 from robustad.methods.localization.mutual_scoring import interval_mean, lnamd, nearest_patch_distances, rscin
 from robustad.methods.localization.vit_tokens import OpenClipTokens, TinyTimmTokens, check_clip_weights
 from robustad.methods.registry import register_method
@@ -147,9 +148,7 @@ class MuSc(Detector):
             self._set_references(images)
 
     def _set_references(self, images: torch.Tensor) -> None:
-        size = self.config.image_size
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
-            raise ValueError(f"{self.name}: references must be (N, 3, {size}, {size}) images, got {tuple(images.shape)}")
+        check_images(f"{self.name} references", images, self.config.image_size)
         if len(images) < 2:
             raise ValueError(f"{self.name}: needs at least 2 reference images, got {len(images)}")
         self.reference_images = images.detach().to(self.reference_images)
@@ -211,9 +210,7 @@ class MuSc(Detector):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """M(x): (B, h, w) MSM scores; S(x) (`score`) adds RsCIN, per image, against the fixed references."""
-        size = self.config.image_size
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
-            raise ValueError(f"{self.name}: expects images (B, 3, {size}, {size}), got {tuple(images.shape)}")
+        check_images(self.name, images, self.config.image_size)
         state = self._reference_state()
         feats, embedding = self._features(images)
         excluded = self.excluded_references(images)

@@ -46,6 +46,7 @@ from robustad.methods.baselines.synthesis import IMAGE_SUFFIXES, TextureSource
 from robustad.methods.config_fields import in_range, one_of
 from robustad.methods.detector import Detector
 from robustad.methods.localization.backbone_check import check_backbone_weights
+from robustad.methods.localization.inputs import check_images
 from robustad.methods.localization.realnet_unet import ReconstructionUNet, ResidualSelection
 from robustad.methods.registry import register_method
 from torch import nn
@@ -79,6 +80,9 @@ class RealNetConfig(BackboneConfig):
 
 
 def image_files(folder: str) -> list[Path]:
+    """The images below `folder` (none for an empty option: never the working directory)."""
+    if not folder.strip():
+        return []
     root = Path(folder).expanduser()
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
 
@@ -202,6 +206,7 @@ class RealNet(Detector):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """M(x): the anomaly logit margin per pixel, (B, H, W)."""
+        check_images(self.name, images, self.config.image_size)
         logits, _ = self.residual_logits(self.selected_features(images))
         return logits[:, 1] - logits[:, 0]
 

@@ -36,6 +36,7 @@ from robustad.methods.baselines.common import module_device, stack_images
 from robustad.methods.baselines.patchcore import PatchCore, PatchCoreConfig
 from robustad.methods.config_fields import in_range
 from robustad.methods.localization.backbone_check import check_backbone_weights
+from robustad.methods.localization.inputs import check_images
 from robustad.methods.registry import register_method
 from torch import nn
 
@@ -128,6 +129,10 @@ class ReConPatch(PatchCore):
         super().__init__(config, **overrides)
         self.features = RepresentedPatchFeatures(self.features, self.config.target_dim)
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(self.name, images, self.config.image_size)
+        return super().forward(images)
+
     def train_representation(self, patches: torch.Tensor) -> list[float]:
         """Trains f (and a projection g, discarded afterwards) on base patch features (N, D); returns the
         loss of every step."""
@@ -155,7 +160,7 @@ class ReConPatch(PatchCore):
             with torch.no_grad():
                 for mean, current in zip(target.parameters(), online.parameters()):
                     mean.mul_(cfg.ema_decay).add_(current, alpha=1 - cfg.ema_decay)
-            losses.append(float(loss))
+            losses.append(loss.item())
         return losses
 
     def fit(self, train_set) -> None:
