@@ -99,7 +99,8 @@ def relaxed_contrastive_loss(z: torch.Tensor, targets: torch.Tensor, margin: flo
     """The relaxed contrastive loss of embeddings z (N, E) against soft pair labels `targets` (N, N)."""
     n = z.shape[0]
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
-    distances = (z.unsqueeze(1) - z.unsqueeze(0)).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+    squared = z.pow(2).sum(1)
+    distances = (squared.unsqueeze(1) + squared.unsqueeze(0) - 2 * z @ z.T).clamp_min(1e-12).sqrt()  # (N, N)
     mean = (distances * off_diagonal).sum(1, keepdim=True) / (n - 1)
     delta = distances / mean.clamp_min(1e-12)
     loss = targets * delta.pow(2) + (1 - targets) * F.relu(margin - delta).pow(2)
