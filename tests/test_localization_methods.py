@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from robustad.attacks import create_attack
+from robustad.attacks import check_inside, create_attack
 from robustad.bench.runner import evaluate
 from robustad.datasets import create_dataset
 from robustad.methods import METHODS, create_method, method_config
@@ -87,6 +87,21 @@ def test_fit_forward_gradient_checkpoint(name, mvtec_root, tmp_path):
         restored.set_test_references(labelled_test_set(mvtec_root)[0])
     with torch.no_grad():
         torch.testing.assert_close(restored(images), detector(images))
+
+
+@pytest.mark.parametrize("objective", ["localization", "detection"])
+@pytest.mark.parametrize("name", NAMES)
+def test_attackable_under_both_objectives(name, objective, mvtec_root):
+    detector = fitted(name, mvtec_root)
+    images, masks, labels = labelled_test_set(mvtec_root)
+    attack = create_attack("pgd", norm="linf", eps=8 / 255, steps=2, objective=objective)
+    adversarial = attack(detector, images, masks, labels.float())
+    check_inside(adversarial, images, "linf", 8 / 255)
+    with torch.no_grad():
+        clean, attacked = detector.score(detector(images)), detector.score(detector(adversarial))
+    # the flip objective raises normal images' scores and lowers anomalous ones' on average
+    moved = (attacked - clean) * (1 - 2 * labels.float())
+    assert moved.mean() > 0
 
 
 @pytest.mark.parametrize("name", NAMES)
