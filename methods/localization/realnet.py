@@ -119,8 +119,8 @@ class RealNet(Detector):
         Profile.QUICK: RealNetConfig(image_size=64, backbone="efficientnet_lite0", block_channels=(16, 32, 32, 32),
                                      afs_batches=4, num_res_blocks=1, channel_mult=(1, 2), attention_mult=(2,),
                                      num_head_channels=8, norm_groups=8, rrs_channels=(32, 32),
-                                     rrs_residual_layers=1, epochs=12, batch_size=8, lr=1e-3,
-                                     texture_source="train", score_pool=4),
+                                     rrs_residual_layers=1, epochs=30, batch_size=8, lr=1e-3,
+                                     texture_source="procedural", score_pool=4),
     }
 
     def __init__(self, config=None, **overrides):
