@@ -10,6 +10,7 @@ from robustad.methods import patchguard  # noqa: E402,F401  isort: skip
 from robustad.methods import baselines  # noqa: E402,F401  isort: skip
 from robustad.methods import glad  # noqa: E402,F401  isort: skip
 from robustad.methods import robust_detection  # noqa: E402,F401  isort: skip
+from robustad.methods import localization  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "CheckpointMismatchError",

@@ -30,6 +30,17 @@ ROBUST_DETECTION = {
     "rodeo": dict(width=4, epochs=1, batch_size=8, adv_steps=1),
 }
 
+# The localization methods of Table 2 (methods/localization).
+LOCALIZATION = {
+    "musc": dict(backbone="tiny", vit_patch_size=8, vit_embed_dim=32, vit_depth=2, vit_heads=2, feature_layers=(0, 1),
+                 aggregation_degrees=(1, 3)),
+    "reconpatch": dict(backbone="resnet18", pretrain_dim=64, target_dim=64, projection_dim=16, epochs=1,
+                       patches_per_step=64, coreset_ratio=0.5),
+    "realnet": dict(backbone="resnet18", block_channels=(8, 8, 8, 8), afs_batches=1, num_res_blocks=1,
+                    channel_mult=(1,), attention_mult=(), num_head_channels=4, norm_groups=2, rrs_channels=(4, 4),
+                    rrs_residual_layers=1, epochs=1, batch_size=6, texture_source="train", score_pool=4),
+}
+
 
 def tiny_overrides(name: str) -> dict:
     """Config overrides that make method `name` tiny and independent of pretrained weights."""
@@ -40,4 +51,4 @@ def tiny_overrides(name: str) -> dict:
     family = name.removesuffix("-adv")
     fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_class)}
     scratch = {"backbone_init": "scratch"} if "backbone_init" in fields else {}
-    return {"image_size": SIZE, **scratch, **{**BASELINES, **ROBUST_DETECTION}[family]}
+    return {"image_size": SIZE, **scratch, **{**BASELINES, **ROBUST_DETECTION, **LOCALIZATION}[family]}
