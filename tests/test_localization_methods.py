@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from robustad.attacks import check_inside, create_attack
-from robustad.bench.runner import evaluate
+from robustad.bench.evaluation.evaluate import evaluate
 from robustad.datasets import create_dataset
 from robustad.methods import METHODS, create_method, method_config
 from robustad.methods.localization.mutual_scoring import interval_mean, rscin
@@ -326,3 +326,21 @@ def test_missing_or_wrong_backbone_weights_are_refused_before_training(name, tmp
         cls.check_before_run(method_config(name, "quick", backbone="resnet18", backbone_weights=str(wrong), **offline),
                              "mvtec", ["bottle"])
     cls.check_before_run(method_config(name, "quick", **offline), "mvtec", ["bottle"])  # shipped EfficientNet weights
+
+
+def test_bench_run_hands_musc_its_clean_test_set(mvtec_root, tmp_path):
+    """The runner gives a transductive detector its references (`prepare`): `bench run --method musc` runs."""
+    import json
+
+    from robustad.bench.cli import main
+    from tests.tiny_configs import tiny_overrides
+
+    items = []
+    for key, value in tiny_overrides("musc").items():
+        items += ["--config", f"{key}={','.join(map(str, value)) if isinstance(value, tuple) else value}"]
+    results = tmp_path / "results"
+    assert main(["run", "--method", "musc", "--dataset", "mvtec", "--root", str(mvtec_root), "--category", "alpha",
+                 "--attack", "pgd", "--steps", "2", "--results", str(results), *items]) == 0
+    (path,) = (results / "records").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["error"] is None and record["clean"]["pixel_auroc"] is not None
