@@ -71,12 +71,11 @@ def test_bigbird_shapes_gradients_and_attention_zero_outside_the_pattern():
         assert (a.masked_select(pattern.expand_as(a)) > 0).all()
         assert torch.allclose(a.sum(-1), torch.ones(2, 2, 16), atol=1e-5)
     # the forward's fused masked attention is what the recorded matrix says
-    block = detector.net.vit.blocks[0]
+    attn = detector.net.vit.blocks[0].attn
     x = torch.randn(2, 16, 32)
-    manual = (attention_matrix := block.attn.attention(x)) @ block.attn.qkv(x).reshape(2, 16, 3, 2, 16)[:, :, 2].transpose(1, 2)
-    expected = block.attn.proj(manual.transpose(1, 2).reshape(2, 16, 32))
-    assert attention_matrix.shape == (2, 2, 16, 16)
-    assert torch.allclose(block.attn(x), expected, atol=1e-5)
+    values = attn.qkv(x).reshape(2, 16, 3, 2, 16)[:, :, 2].transpose(1, 2)  # (B, heads, N, head_dim)
+    expected = attn.proj((attn.attention(x) @ values).transpose(1, 2).reshape(2, 16, 32))
+    assert torch.allclose(attn(x), expected, atol=1e-5)
 
 
 def test_bigbird_random_blocks_are_fixed_per_model_and_saved_with_it(tmp_path):
