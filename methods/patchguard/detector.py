@@ -1,10 +1,11 @@
 """The `patchguard` Detector: PatchGuard (CVPR 2025, https://arxiv.org/abs/2506.09237).
 
 M(x): patch logits (B, g, g) of a ViT + attention discriminator (16×16 at 224 px, paper profile).
-S(x): the mean of the top-k patch logits (k = 5). The ablation backbones (`backbone=resnet50|unet`,
-`cnn_backbones.py`) replace the network: ResNet-50 gives the same patch grid, the U-Net pixel
-logits (B, H, W) whose S(x) is the mean of the top k/N of the pixels (paper appendix C.4). Pixel map: M bilinearly upsampled to image size
+S(x): the mean of the top-k patch logits (k = 5). Pixel map: M bilinearly upsampled to image size
 and Gaussian-smoothed (σ = 6, radius 7 at 224 px, scaled with the image size; official code).
+The ablation backbones (`backbone=resnet50|unet`, `cnn_backbones.py`, Table 10) replace the network:
+ResNet-50 gives the same patch grid, the U-Net pixel logits (B, H, W), whose S(x) is the mean of the
+top k/N of the pixels (paper appendix C.4).
 `fit` trains from scratch on normal images and their pseudo anomalies with PGD adversarial
 training (see `adversarial_training.py`); every paper ablation is a config field (`config.py`).
 """
