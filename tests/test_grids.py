@@ -103,10 +103,12 @@ def test_bench_grid_show_says_which_methods_and_variants_are_not_implemented(cap
     out = capsys.readouterr().out
     assert "594 cells, 594 trainings" in out
     assert "not implemented" not in out  # every method of Table 1 runs (GLAD, PrincipaLS, ZARND, RODEO included)
-    assert main(["grid", "show", "paper/table10"]) == 0
-    out = capsys.readouterr().out
-    assert "62 cells (31 trainings): ResNet-50 backbone: not implemented" in out
-    assert "124 cells, 62 trainings" in out
+    for table, cells, variant in (("table6", 310, "pseudo_anomaly=glass"), ("table10", 124, "alpha=0 backbone=resnet50"),
+                                  ("table11", 186, "alpha=0 attention=bigbird")):
+        assert main(["grid", "show", f"paper/{table}"]) == 0
+        out = capsys.readouterr().out
+        assert f"{cells} cells, {cells // 2} trainings" in out and f"config: {variant}\n" in out
+        assert "not implemented" not in out
 
 
 def test_bench_grid_list_prints_every_grid_with_its_counts(capsys):

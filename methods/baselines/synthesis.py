@@ -86,6 +86,11 @@ class TextureSource:
                 )
 
     def sample(self, gen: torch.Generator) -> torch.Tensor:
+        """A texture with three of DRAEM's augmentations."""
+        return augment_texture(self.raw(gen), gen)
+
+    def raw(self, gen: torch.Generator) -> torch.Tensor:
+        """A texture (3, size, size) in [0, 1] as the source gives it, before any augmentation."""
         if self.source == "dtd":
             from robustad.datasets.image_io import load_image
 
@@ -95,7 +100,7 @@ class TextureSource:
             texture = self.train_images[int(torch.randint(0, len(self.train_images), (1,), generator=gen))].cpu()
         else:
             texture = procedural_texture(self.size, gen)
-        return augment_texture(texture, gen)
+        return texture
 
 
 def perlin_anomalies(

@@ -5,7 +5,8 @@ from the pseudo-anomaly masks), crafts x_adv and x'_adv with PGD inside the L∞
 10 steps, step 2.5·ε/steps, no random start, the last iterate, as in the official code) and
 minimizes the sum of the losses of the four batches, L(x) + L(x_adv) + L(x') + L(x'_adv) (the
 official code's train_step), with L = Σ_patches BCE + α·R (eq. 5), averaged over the images of
-each batch.
+each batch. With `backbone=unet` the units are pixels: Σ_pixels BCE is scaled by N / (H·W) so the
+loss per image has the patch sum's scale (the learning rate stays the paper's).
 
 The training attack. Eq. 6 maximizes L itself; the official code's `pgd_attack` (like our test-time
 attack) maximizes the label-flipping margin loss: mean logit of normal patches − mean logit of
@@ -54,8 +55,9 @@ def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: Pa
                     return_logits: bool = False):
     """L(x, x_m) = Σ_patches BCE(M, x_m) + α·R(x) per image, shape (B,) (eq. 3-5).
 
-    `net` is a `PatchGuardNet`, `targets` (B, g, g) patch labels in {0, 1}. With `return_logits`
-    also the patch logits M(x) (B, g, g) it was computed from.
+    `net` is a `PatchGuardNet` (or a CNN of `cnn_backbones.py`), `targets` its units' labels in
+    {0, 1}: (B, g, g) patches, or (B, H, W) pixels for the U-Net, whose BCE sum is scaled by
+    N / (H·W). With `return_logits` also the logits M(x) it was computed from.
     """
     if config.alpha == 0:
         logits = net(images)
@@ -63,10 +65,14 @@ def patchguard_loss(net, images: torch.Tensor, targets: torch.Tensor, config: Pa
     else:
         logits, attention = net(images, regularized_layers(config))
         ordered = {key: attention[key] for key in regularized_layers(config)}
+        pattern_of = getattr(net, "attention_pattern", None)
+        patterns = {key: pattern_of(key) for key in ordered} if pattern_of else None
         regularizer = config.alpha * attention_regularizer(
-            ordered, reg_type=config.reg_type, delta=config.delta, kl_weights=config.kl_weights
+            ordered, reg_type=config.reg_type, delta=config.delta, kl_weights=config.kl_weights, patterns=patterns
         )
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").flatten(1).sum(1)
+    if bce.numel() and targets[0].numel() != config.num_patches:
+        bce = bce * (config.num_patches / targets[0].numel())
     return (bce + regularizer, logits) if return_logits else bce + regularizer
 
 
@@ -92,8 +98,9 @@ def adversarial_examples(detector, images: torch.Tensor, targets: torch.Tensor, 
 
 def training_batch(normal: torch.Tensor, anomalous: torch.Tensor, anomaly_masks: torch.Tensor,
                    config: PatchGuardConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """[x; x'] (2B, 3, H, W) and their patch targets (2B, g, g): zeros, then the masks' patch labels."""
-    grid = config.grid_size
+    """[x; x'] (2B, 3, H, W) and their unit targets (2B, g, g): zeros, then the masks' patch labels
+    ((2B, H, W) pixel labels with `backbone=unet`)."""
+    grid = config.logit_grid
     normal_targets = torch.zeros(normal.shape[0], grid, grid, device=normal.device)
     anomaly_targets = patch_labels(anomaly_masks, grid, config.patch_label_rule).to(normal.device)
     return torch.cat([normal, anomalous]), torch.cat([normal_targets, anomaly_targets])

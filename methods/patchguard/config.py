@@ -10,7 +10,17 @@ The defaults are the paper's. Every ablation of the paper is a field, set with `
 - regularized layer (Table 12): `reg_layers=-3` (ViT blocks, 1-based, negatives count from the end)
 - ViT size (Table 9): `vit_embed_dim=768 vit_depth=12 vit_heads=12` (ViT-B)
 - without the discriminator (Table 19): `discriminator=false`
-- pseudo-anomaly generator (Table 6): `pseudo_anomaly=ours|cutpaste|fpi|nsa`
+- pseudo-anomaly generator (Table 6): `pseudo_anomaly=ours|cutpaste|fpi|nsa|glass` (`glass`: GLASS's
+  local anomaly synthesis, textures from `texture_source` / `dtd_root`)
+- convolutional backbones instead of the ViT (Table 10, appendix C.4): `backbone=resnet50 alpha=0`
+  (each ViT patch scored by a ResNet-50 with a binary classification layer; `backbone_init`,
+  `backbone_weights`) and `backbone=unet alpha=0` (pixel logits; S(x) the mean of the top k/N of the
+  pixels). They have no attention: `alpha` must be 0 (refused otherwise, so a record never claims a
+  regularizer that was not applied); the ViT and discriminator fields are unused with them.
+- BigBird block-sparse attention in the ViT (Table 11, appendix C.5): `attention=bigbird` (with R)
+  and `attention=bigbird alpha=0` (without); blocks of `bigbird_block_size` tokens, each query block
+  sees `bigbird_window_blocks` neighbours, `bigbird_random_blocks` random blocks (fixed per model),
+  and `bigbird_global_blocks` global blocks (`bigbird.py`)
 - the training attack on L itself (eq. 6) instead of the code's flip margin: `train_attack_loss=ce`
 
 Where the official code (github.com/rohban-lab/PatchGuard) differs from the paper, the paper is the
@@ -43,7 +53,10 @@ ARCHS = ("robustad", "official")
 REG_TYPES = ("paper", "kl")
 PATCH_LABEL_RULES = ("fraction", "any")
 PRECISIONS = ("fp32", "bf16")
-PSEUDO_ANOMALIES = ("ours", "cutpaste", "fpi", "nsa", "official")
+PSEUDO_ANOMALIES = ("ours", "cutpaste", "fpi", "nsa", "glass", "official")
+BACKBONES = ("vit", "resnet50", "unet")
+ATTENTIONS = ("dense", "bigbird")
+TEXTURE_SOURCES = ("dtd", "train", "procedural")
 FOREGROUNDS = ("auto", "resnet18", "efficientnet_lite0", "full")
 TRAIN_ATTACK_LOSSES = ("margin", "ce")
 TRAIN_ATTACK_MODES = ("eval", "train")
@@ -65,6 +78,18 @@ class PatchGuardConfig(DetectorConfig):
     vit_depth: int = in_range(12, low=1)
     vit_heads: int = in_range(6, low=1)
     layer_scale_init: float = in_range(0.0, low=0)  # 0: no LayerScale (paper); the official dinov2 arch uses 1e-5
+    # -- attention of the ViT: dense (paper) or BigBird block-sparse (Table 11, bigbird.py) ---
+    attention: str = one_of("dense", ATTENTIONS)
+    bigbird_block_size: int = in_range(16, low=1)  # tokens per block; N must be a multiple
+    bigbird_window_blocks: int = in_range(3, low=1)  # the query's block and its neighbours (odd)
+    bigbird_random_blocks: int = in_range(3, low=0)  # per query block, head and layer; fixed per model
+    bigbird_global_blocks: int = in_range(2, low=0)  # the first and last blocks: see and are seen by all
+    # -- convolutional backbones instead of the ViT (Table 10, appendix C.4, cnn_backbones.py) --
+    backbone: str = one_of("vit", BACKBONES)
+    backbone_init: str = one_of("pretrained", ("pretrained", "scratch"))  # resnet50: ImageNet weights or random
+    backbone_weights: str = ""  # resnet50: a state-dict path; "": the torch hub cache, never downloaded
+    unet_width: int = in_range(64, low=1)  # channels of the U-Net's first level (Ronneberger et al.: 64)
+    unet_levels: int = in_range(4, low=1)  # down-samplings (Ronneberger et al.: 4)
     # -- attention discriminator: one self-attention layer + shared MLP (paper §5.2, app. I) ---
     discriminator: bool = True  # False: the shared MLP sits on the ViT's last block (Table 19)
     disc_heads: int = in_range(4, low=1)
@@ -89,6 +114,9 @@ class PatchGuardConfig(DetectorConfig):
     anomaly_min_change: float = in_range(4 / 255, low=0, high=1, high_open=True)  # see the module docstring
     # pseudo_anomaly=official: smallest side of a cut-paste patch, pixels at 224 px (its per-category bounds)
     official_min_side: int = in_range(14, low=1)
+    # pseudo_anomaly=glass: where GLASS's textures come from (GLASS: DTD; methods/baselines/synthesis.py)
+    texture_source: str = one_of("dtd", TEXTURE_SOURCES)
+    dtd_root: str = ""
     # -- adversarial training (paper §5.3, eq. 6-7) ---------------------------------------------
     adv_train: bool = True
     train_eps: float = in_range(8 / 255, low=0)
@@ -152,11 +180,43 @@ class PatchGuardConfig(DetectorConfig):
                                    f"one weight, or one per regularized layer ({regularized})")
         if self.reg_discriminator and not self.discriminator:
             raise ConfigValueError("reg_discriminator", True, "false when discriminator=false (nothing to regularize)")
+        self._check_variants()
+
+    def _check_variants(self) -> None:
+        """The backbone and attention variants (Tables 10 and 11): what they combine with."""
+        if self.backbone != "vit":
+            if self.arch != "robustad":
+                raise ConfigValueError("backbone", self.backbone, "vit with arch=official")
+            if self.alpha != 0:
+                raise ConfigValueError("alpha", self.alpha, f"0 with backbone={self.backbone} (a CNN has no "
+                                       f"attention to regularize; paper appendix C.4): --config alpha=0")
+            if self.attention != "dense":
+                raise ConfigValueError("attention", self.attention, f"dense with backbone={self.backbone}")
+        if self.backbone == "unet" and self.image_size % 2**self.unet_levels:
+            raise ConfigValueError("unet_levels", self.unet_levels,
+                                   f"at most log2 of a power of two dividing image_size={self.image_size}")
+        if self.attention == "bigbird":
+            if self.arch != "robustad":
+                raise ConfigValueError("attention", self.attention, "dense with arch=official")
+            if self.num_patches % self.bigbird_block_size:
+                raise ConfigValueError("bigbird_block_size", self.bigbird_block_size,
+                                       f"a divisor of the number of patches N={self.num_patches}")
+            if self.bigbird_window_blocks % 2 == 0:
+                raise ConfigValueError("bigbird_window_blocks", self.bigbird_window_blocks, "an odd number")
+            blocks = self.num_patches // self.bigbird_block_size
+            if self.bigbird_global_blocks > blocks:
+                raise ConfigValueError("bigbird_global_blocks", self.bigbird_global_blocks,
+                                       f"at most the number of blocks ({blocks})")
 
     @property
     def grid_size(self) -> int:
         """Patches per side: image_size // patch_size (16 in the paper)."""
         return self.image_size // self.patch_size
+
+    @property
+    def logit_grid(self) -> int:
+        """Cells per side of M(x): image_size for backbone=unet (pixels), else grid_size (patches)."""
+        return self.image_size if self.backbone == "unet" else self.grid_size
 
     @property
     def num_patches(self) -> int:
@@ -196,6 +256,10 @@ QUICK = PatchGuardConfig(
     train_steps=5,
     anomaly_size=(0.05, 0.6),
     anomaly_min_change=16 / 255,
+    bigbird_block_size=4,  # 16 blocks of 4 of the 64 patches, as the paper profile's 16 blocks of 16
+    backbone_init="scratch",  # backbone=resnet50 offline: no ImageNet weights
+    unet_width=16,
+    texture_source="train",  # pseudo_anomaly=glass offline: other normal training images as textures
 )
 
 # `quick` with twice the width and three times the epochs (about an hour per category on 2 cores).

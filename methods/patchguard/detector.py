@@ -3,6 +3,9 @@
 M(x): patch logits (B, g, g) of a ViT + attention discriminator (16×16 at 224 px, paper profile).
 S(x): the mean of the top-k patch logits (k = 5). Pixel map: M bilinearly upsampled to image size
 and Gaussian-smoothed (σ = 6, radius 7 at 224 px, scaled with the image size; official code).
+The ablation backbones (`backbone=resnet50|unet`, `cnn_backbones.py`, Table 10) replace the network:
+ResNet-50 gives the same patch grid, the U-Net pixel logits (B, H, W), whose S(x) is the mean of the
+top k/N of the pixels (paper appendix C.4).
 `fit` trains from scratch on normal images and their pseudo anomalies with PGD adversarial
 training (see `adversarial_training.py`); every paper ablation is a config field (`config.py`).
 """
@@ -60,6 +63,8 @@ def build_pseudo_anomaly_generator(config: PatchGuardConfig):
         size_range=config.anomaly_size,
         min_change=config.anomaly_min_change,
         official_min_side=config.official_min_side,
+        texture_source=config.texture_source,
+        dtd_root=config.dtd_root,
     )
 
 
@@ -139,6 +144,10 @@ class PatchGuard(Detector):
             from robustad.methods.patchguard.official_model import OfficialPatchGuardNet
 
             self.net = OfficialPatchGuardNet(self.config)
+        elif self.config.backbone != "vit":
+            from robustad.methods.patchguard.cnn_backbones import build_network
+
+            self.net = build_network(self.config)
         else:
             self.net = PatchGuardNet(self.config)
         if self.config.weights:
@@ -218,8 +227,45 @@ class PatchGuard(Detector):
             raise ValueError(f"patchguard was built for {size}×{size} images, got {tuple(images.shape[-2:])} "
                              f"(resize to detector.image_size)")
 
+    @classmethod
+    def check_before_run(cls, config: PatchGuardConfig | None, dataset: str, categories: list[str]) -> None:
+        """The files the ablation variants name: GLASS's DTD folder, the ResNet-50's ImageNet weights."""
+        if config is None:
+            return
+        if config.pseudo_anomaly == "glass" and config.texture_source == "dtd":
+            from robustad.methods.baselines.synthesis import TextureSource
+
+            try:
+                TextureSource("dtd", 8, torch.empty(0), config.dtd_root, cls.name)
+            except FileNotFoundError as error:
+                raise ValueError(f"--config pseudo_anomaly=glass: {error}") from None
+        if config.backbone == "resnet50" and config.backbone_init == "pretrained":
+            from pathlib import Path
+
+            from robustad.methods.baselines.backbones import cached_torchvision_file
+
+            given = config.backbone_weights.strip()
+            if given and not Path(given).expanduser().is_file():
+                raise ValueError(f"--config backbone_weights={given}: no such file (a resnet50 state dict)")
+            if not given and cached_torchvision_file("resnet50") is None:
+                raise ValueError(
+                    "--config backbone=resnet50 needs ImageNet ResNet-50 weights: put torchvision's "
+                    "resnet50-0676ba61.pth in the torch hub cache "
+                    f"({Path(torch.hub.get_dir()) / 'checkpoints'}), or --config backbone_weights=PATH, or "
+                    "--config backbone_init=scratch (random weights, recorded in the result)")
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """S(x), (B,): the top-k mean of the patch logits; with backbone=unet the mean of the top k/N
+        of the pixel logits (paper appendix C.4: p = k/N, N the ViT's number of patches)."""
+        if self.config.backbone != "unet":
+            return super().score(logits)
+        flat = logits.flatten(1)
+        count = max(1, round(flat.shape[1] * self.config.top_k / self.config.num_patches))
+        return flat.topk(min(count, flat.shape[1]), dim=1).values.mean(dim=1)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch logits M(x), shape (B, g, g), g = image_size / patch_size; differentiable in x."""
+        """M(x): patch logits (B, g, g), g = image_size / patch_size, or pixel logits (B, H, W) with
+        backbone=unet; differentiable in x."""
         self._check_images(images)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
             logits = self.net(images)
@@ -228,6 +274,9 @@ class PatchGuard(Detector):
     def forward_with_attention(self, images: torch.Tensor, layers: tuple):
         """(M(x), {layer: attention (B, heads, N, N)}) for 0-based ViT blocks and/or "discriminator"."""
         self._check_images(images)
+        if self.config.backbone != "vit":
+            raise ValueError(f"patchguard with backbone={self.config.backbone} has no attention "
+                             f"(the attention degree is a ViT's)")
         logits, attention = self.net(images, tuple(layers))
         return logits.float(), attention
 
@@ -271,6 +320,8 @@ class PatchGuard(Detector):
         generator = derived_generator()  # follows the cell's seed (robustad.core.seeding)
         pseudo = build_pseudo_anomaly_generator(generator_config(config, train_set))
         given = precomputed_foreground(train_set, config.image_size) if config.foreground == "auto" else None
+        if hasattr(pseudo, "set_training_images"):
+            pseudo.set_training_images(images)  # pseudo_anomaly=glass: its texture source
         if given is not None and hasattr(pseudo, "set_foreground_maps"):
             pseudo.set_foreground_maps(given)  # the dataset's precomputed foreground_mask/ files
         else:

@@ -6,7 +6,8 @@ positional encoding, applies one multi-head self-attention layer (post-norm, as 
 `AttentionBlock`) and a shared MLP giving one logit per patch. Without the discriminator (Table 19)
 the shared MLP sits directly on the ViT's last block.
 
-Attention matrices (B, heads, N, N) are only computed for the layers asked for
+With `attention=bigbird` every ViT block attends over BigBird's block-sparse pattern (`bigbird.py`,
+Table 11). Attention matrices (B, heads, N, N) are only computed for the layers asked for
 (`forward(x, attention_layers=...)`): a temporary forward hook recomputes softmax(q·kᵀ/√d) from the
 block's input, so every other call keeps timm's fused attention (attacks do not need R).
 """
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from robustad.methods.patchguard.bigbird import BlockSparseAttention, make_bigbird
 from robustad.methods.patchguard.config import PatchGuardConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,7 +84,11 @@ class PatchMLP(nn.Module):
 
 
 def block_attention(attn_module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """softmax(q·kᵀ·scale) of a timm `Attention` module for its input x (B, N, C): (B, heads, N, N)."""
+    """softmax(q·kᵀ·scale) of a timm `Attention` module for its input x (B, N, C): (B, heads, N, N).
+
+    A BigBird block (`BlockSparseAttention`) gives its masked softmax, zero outside its pattern."""
+    if isinstance(attn_module, BlockSparseAttention):
+        return attn_module.attention(x)
     b, n, _ = x.shape
     qkv = attn_module.qkv(x).reshape(b, n, 3, attn_module.num_heads, attn_module.head_dim).permute(2, 0, 3, 1, 4)
     q, k, _ = qkv.unbind(0)
@@ -124,6 +130,9 @@ class PatchGuardNet(nn.Module):
             class_token=False,
             init_values=config.layer_scale_init or None,
         )
+        if config.attention == "bigbird":
+            make_bigbird(self.vit, config.bigbird_block_size, config.bigbird_window_blocks,
+                         config.bigbird_random_blocks, config.bigbird_global_blocks)
         if config.discriminator:
             self.head = AttentionDiscriminator(
                 config.vit_embed_dim, config.num_patches, config.disc_heads, config.disc_mlp_dim, config.dropout
@@ -132,6 +141,14 @@ class PatchGuardNet(nn.Module):
             self.head = PatchMLP(config.vit_embed_dim, config.disc_mlp_dim, config.dropout)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def attention_pattern(self, layer) -> torch.Tensor | None:
+        """The fixed sparse pattern (heads, N, N) of a layer key (0-based block or `DISCRIMINATOR`),
+        or None where the attention is dense."""
+        if layer == DISCRIMINATOR:
+            return None
+        attn = self.vit.blocks[layer].attn
+        return attn.pattern if isinstance(attn, BlockSparseAttention) else None
 
     def forward(self, images: torch.Tensor, attention_layers: tuple = ()):
         """Patch logits (B, g, g); with `attention_layers` also a dict {layer: (B, heads, N, N)}.

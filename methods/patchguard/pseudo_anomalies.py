@@ -1,7 +1,7 @@
 """Pseudo-anomaly generators for PatchGuard training: the interface, the registry and "ours".
 
 Nafez et al., PatchGuard, CVPR 2025, https://arxiv.org/abs/2506.09237, §5.1 (Fig. 3 ②) and the
-ablation of Table 6, which swaps the generator: `GENERATORS` = ours | cutpaste | fpi | nsa. Every
+ablation of Table 6, which swaps the generator: `GENERATORS` = ours | cutpaste | fpi | nsa | glass. Every
 generator returns images in [0, 1] and their exact masks: a pixel outside the mask is unchanged.
 
 Usage (what training calls)::
@@ -32,7 +32,7 @@ from robustad.core.registry import Registry
 from robustad.methods.patchguard.foreground import ForegroundEstimator
 from robustad.methods.patchguard.hard_transforms import CHANGED_PIXEL_DELTA, apply_hard_transforms
 
-GENERATORS = ("ours", "cutpaste", "fpi", "nsa", "official")
+GENERATORS = ("ours", "cutpaste", "fpi", "nsa", "glass", "official")
 
 PSEUDO_ANOMALY_GENERATORS: Registry = Registry("pseudo-anomaly generator")
 register_generator = PSEUDO_ANOMALY_GENERATORS.register
@@ -212,12 +212,17 @@ def create_pseudo_anomaly_generator(name: str, *, foreground: str = "auto", grad
                                     k_hard: int = 2,
                                     size_range: tuple[float, float] = ForegroundAwareGenerator.SIZE_RANGE,
                                     min_change: float = CHANGED_PIXEL_DELTA,
-                                    official_min_side: int = 14) -> PseudoAnomalyGenerator:
+                                    official_min_side: int = 14, texture_source: str = "dtd",
+                                    dtd_root: str = "") -> PseudoAnomalyGenerator:
     """Builds a generator by name (one of `GENERATORS`). The foreground options (`foreground`,
     `gradcam_weights`, `cache_dir`, `k_soft`) and `k_hard` configure "ours"; the other generators
     follow their own papers and ignore them (Table 6 keeps the rest of the pipeline fixed); "official"
-    (the official code's cut-paste) takes the foreground options and `official_min_side`."""
+    (the official code's cut-paste) takes the foreground options and `official_min_side`; "glass" the
+    foreground options and its textures (`texture_source`, `dtd_root`)."""
     cls = PSEUDO_ANOMALY_GENERATORS.get(name)
+    if name == "glass":
+        return cls(foreground=foreground, gradcam_weights=gradcam_weights, cache_dir=cache_dir, k_soft=k_soft,
+                   texture_source=texture_source, dtd_root=dtd_root)
     if name == "official":
         return cls(foreground=foreground, gradcam_weights=gradcam_weights, cache_dir=cache_dir, k_soft=k_soft,
                    min_side=official_min_side)
@@ -228,4 +233,4 @@ def create_pseudo_anomaly_generator(name: str, *, foreground: str = "auto", grad
 
 
 # The alternatives of Table 6 register themselves; imported last, as they build on the base above.
-from robustad.methods.patchguard import cutpaste, fpi, nsa, official_cutpaste  # noqa: E402,F401
+from robustad.methods.patchguard import cutpaste, fpi, glass_anomalies, nsa, official_cutpaste  # noqa: E402,F401
