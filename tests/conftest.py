@@ -50,3 +50,12 @@ def tiny_report_run(mvtec_root, tmp_path_factory):
 
     results = tmp_path_factory.mktemp("tiny-report-results")
     return results, tiny_results(mvtec_root, results)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on one thread: avoids the spin-wait cost of a shared, oversubscribed CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

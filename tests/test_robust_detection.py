@@ -25,12 +25,7 @@ NAMES = ("principals", "zarnd", "rodeo")
 _FITTED = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name, **extra):

@@ -23,7 +23,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from robustad.methods.baselines.perlin import blend_anomaly, perlin_noise
-from robustad.methods.baselines.synthesis import TextureSource, _rand
+from robustad.methods.baselines.synthesis import TextureSource, _rand, augment_texture
 
 MAX_PERLIN_SCALE_LOG2 = 6  # scales 2^0 .. 2^5
 THRESHOLD = 0.5
@@ -46,13 +46,6 @@ GLASS_AUGMENTATIONS = (
     lambda t, g: TF.equalize((t * 255).to(torch.uint8)).float() / 255,
     lambda t, g: TF.rotate(t, _rand(g, -45, 45)),
 )
-
-
-def augment_glass_texture(texture: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Three distinct augmentations of GLASS_AUGMENTATIONS, in random order, on (3, H, W) in [0, 1]."""
-    for index in torch.randperm(len(GLASS_AUGMENTATIONS), generator=gen)[:3].tolist():
-        texture = GLASS_AUGMENTATIONS[index](texture, gen)
-    return texture.clamp(0, 1)
 
 
 def thresholded_perlin(size: int, gen: torch.Generator) -> torch.Tensor:
@@ -87,7 +80,7 @@ def glass_local_anomalies(images: torch.Tensor, textures: TextureSource, gen: to
     size = images.shape[-1]
     for i in range(images.shape[0]):
         mask = glass_mask(size, gen, None if foreground is None else foreground[i]).to(images)
-        texture = augment_glass_texture(textures.raw(gen), gen).to(images)
+        texture = augment_texture(textures.raw(gen), gen, GLASS_AUGMENTATIONS).to(images)
         beta = float(torch.empty(1).normal_(BETA_MEAN, BETA_STD, generator=gen).clamp(*BETA_RANGE))
         out[i] = blend_anomaly(images[i], texture, mask, beta)
         masks[i, 0] = mask

@@ -42,10 +42,10 @@ AUGMENTATIONS = (
 )
 
 
-def augment_texture(texture: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Three distinct random augmentations of AUGMENTATIONS, in random order."""
-    for index in torch.randperm(len(AUGMENTATIONS), generator=gen)[:3].tolist():
-        texture = AUGMENTATIONS[index](texture, gen)
+def augment_texture(texture: torch.Tensor, gen: torch.Generator, augmentations=AUGMENTATIONS) -> torch.Tensor:
+    """Three distinct random augmentations of `augmentations` (DRAEM's by default), in random order."""
+    for index in torch.randperm(len(augmentations), generator=gen)[:3].tolist():
+        texture = augmentations[index](texture, gen)
     return texture.clamp(0, 1)
 
 
