@@ -128,7 +128,8 @@ class Deferred:
 
 
 def run_in_process(jobs: list[tuple[Job, Path]], records: dict[str, Record | None] | None = None, *,
-                   log: Callable[[str], None], on_record: Callable[[Record], None] | None = None) -> LocalOutcome:
+                   log: Callable[[str], None], on_record: Callable[[Record], None] | None = None,
+                   on_group_done: Callable[[Job, list[Record]], None] | None = None) -> LocalOutcome:
     """`--workers 1`: every group in this process, longest first as given. `records`: the results
     folder's records as the caller read them (cell id → record), so no record is parsed twice; a group
     that another process held reads its records again when it comes back to it."""
@@ -154,6 +155,8 @@ def run_in_process(jobs: list[tuple[Job, Path]], records: dict[str, Record | Non
             deferred.add(job.group.group_id, job)
         else:
             outcome.groups_run += 1
+            if on_group_done:  # every record of the group, those another process wrote included
+                on_group_done(job, result.records)
     return outcome
 
 

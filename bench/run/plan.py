@@ -214,7 +214,8 @@ def run_locally(entries: list, records: dict, args, log, show=None) -> int:
 
     with sigterm_as_interrupt():
         if args.workers == 1:
-            outcome = run_in_process([(job, path) for job, path in entries], records, log=log, on_record=written)
+            outcome = run_in_process([(job, path) for job, path in entries], records, log=log, on_record=written,
+                                     on_group_done=lambda job, done: records.update((r.cell_id, r) for r in done))
         else:
             slots = worker_slots(args.workers, args.device)
             outcome = run_pool(entries, slots=slots, max_attempts=args.max_attempts, log=log,
