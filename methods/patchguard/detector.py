@@ -174,9 +174,13 @@ class PatchGuard(Detector):
 
     @classmethod
     def check_before_run(cls, config, dataset: str, categories: list[str]) -> None:
-        """With `weights=DIR`, every category's `patchguard_<dataset>_<category>.pth` is in DIR (else one
-        error naming all missing files); a file given must exist and serve one category only."""
-        if config is None or not config.weights:
+        """The files the ablation variants name (`check_variant_files`); with `weights=DIR`, every category's
+        `patchguard_<dataset>_<category>.pth` in DIR (else one error naming all missing files); a file given
+        must exist and serve one category only."""
+        if config is None:
+            return
+        cls.check_variant_files(config)
+        if not config.weights:
             return
         weights = config.weights
         path = Path(str(weights)).expanduser()
@@ -191,6 +195,31 @@ class PatchGuard(Detector):
         elif len(categories) > 1:
             raise ValueError(f"--config weights={weights}: one file for {len(categories)} categories "
                              f"({', '.join(categories)}); give a folder of {cls.name}_{dataset}_<category>.pth files")
+
+    @classmethod
+    def check_variant_files(cls, config: PatchGuardConfig) -> None:
+        """The files the ablation variants name: GLASS's DTD folder, the ResNet-50's ImageNet weights."""
+        if config.pseudo_anomaly == "glass" and config.texture_source == "dtd":
+            from robustad.methods.baselines.synthesis import TextureSource
+
+            try:
+                TextureSource("dtd", 8, torch.empty(0), config.dtd_root, cls.name)
+            except FileNotFoundError as error:
+                raise ValueError(f"--config pseudo_anomaly=glass: {error}") from None
+        if config.backbone == "resnet50" and config.backbone_init == "pretrained":
+            from pathlib import Path
+
+            from robustad.methods.baselines.backbones import cached_torchvision_file
+
+            given = config.backbone_weights.strip()
+            if given and not Path(given).expanduser().is_file():
+                raise ValueError(f"--config backbone_weights={given}: no such file (a resnet50 state dict)")
+            if not given and cached_torchvision_file("resnet50") is None:
+                raise ValueError(
+                    "--config backbone=resnet50 needs ImageNet ResNet-50 weights: put torchvision's "
+                    "resnet50-0676ba61.pth in the torch hub cache "
+                    f"({Path(torch.hub.get_dir()) / 'checkpoints'}), or --config backbone_weights=PATH, or "
+                    "--config backbone_init=scratch (random weights, recorded in the result)")
 
     @classmethod
     def cost_prior(cls, config, profile: Profile) -> tuple[float, float] | None:
@@ -226,33 +255,6 @@ class PatchGuard(Detector):
         if tuple(images.shape[-2:]) != (size, size):
             raise ValueError(f"patchguard was built for {size}×{size} images, got {tuple(images.shape[-2:])} "
                              f"(resize to detector.image_size)")
-
-    @classmethod
-    def check_before_run(cls, config: PatchGuardConfig | None, dataset: str, categories: list[str]) -> None:
-        """The files the ablation variants name: GLASS's DTD folder, the ResNet-50's ImageNet weights."""
-        if config is None:
-            return
-        if config.pseudo_anomaly == "glass" and config.texture_source == "dtd":
-            from robustad.methods.baselines.synthesis import TextureSource
-
-            try:
-                TextureSource("dtd", 8, torch.empty(0), config.dtd_root, cls.name)
-            except FileNotFoundError as error:
-                raise ValueError(f"--config pseudo_anomaly=glass: {error}") from None
-        if config.backbone == "resnet50" and config.backbone_init == "pretrained":
-            from pathlib import Path
-
-            from robustad.methods.baselines.backbones import cached_torchvision_file
-
-            given = config.backbone_weights.strip()
-            if given and not Path(given).expanduser().is_file():
-                raise ValueError(f"--config backbone_weights={given}: no such file (a resnet50 state dict)")
-            if not given and cached_torchvision_file("resnet50") is None:
-                raise ValueError(
-                    "--config backbone=resnet50 needs ImageNet ResNet-50 weights: put torchvision's "
-                    "resnet50-0676ba61.pth in the torch hub cache "
-                    f"({Path(torch.hub.get_dir()) / 'checkpoints'}), or --config backbone_weights=PATH, or "
-                    "--config backbone_init=scratch (random weights, recorded in the result)")
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
         """S(x), (B,): the top-k mean of the patch logits; with backbone=unet the mean of the top k/N
