@@ -44,11 +44,11 @@ def test_lookup_matches_config_variants_and_other_threat_models():
     assert per_class.table == "T13" and per_class.note
 
 
-def test_variants_robustad_cannot_run_stay_in_the_data_without_a_config():
+def test_every_published_variant_names_the_config_that_runs_it():
     reference = load_reference("paper")
     rows = reference.matching(table="T10", any_config=True)
-    assert len(rows) == 16 and all(row.config is None for row in rows)
-    assert "not implemented" in rows[0].value.note
+    assert len(rows) == 16 and {row.config_text for row in rows} == {"backbone=resnet50 alpha=0", "backbone=unet alpha=0"}
+    assert all(row.config is not None for row in reference.matching(any_config=True))
     assert parse_config_text("vit_embed_dim=768 vit_depth=12") == ({"vit_embed_dim": "768", "vit_depth": "12"}, "")
     assert parse_config_text("train_eps=4/255 (and --eps 4/255)") == ({"train_eps": "4/255"}, "and --eps 4/255")
     assert config_key({"alpha": "1"}) == config_key({"alpha": 1.0})
