@@ -22,7 +22,7 @@ Threat model (`references`, recorded in the config):
 - `train` (few-shot): the normal training images (all, or `train_references` of them drawn with the
   cell's seed) are the references, stored in the checkpoint; nothing is left out.
 
-Fewer than 4 references give the official code an empty 30 % interval (NaN, its issue #41); here at
+Fewer than 4 references give the official code an empty 30 % interval (NaN); here at
 least one reference always counts.
 
 Profiles: `paper` is the official config (needs open_clip and the cached OpenAI CLIP weights);

@@ -53,7 +53,7 @@ def nearest_patch_distances(query: torch.Tensor, references: torch.Tensor, chunk
 def interval_mean(distances: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """(P,): each row's mean over the values ranked [k_low, k_high) from the smallest, k = int(frac·N)
     as the official code counts them. At least one value is always kept (the official code takes the mean
-    of an empty set, NaN, when fewer than 4 references remain: its issue #41)."""
+    of an empty set, NaN, when fewer than 4 references remain)."""
     n = distances.shape[1]
     k_low = int(n * low) if low < 1 else int(low)
     k_high = int(n * high) if high < 1 else int(high)
