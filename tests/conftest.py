@@ -59,3 +59,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """Writes a user's plug-in module `name.py` in a fresh folder that is the working directory and on
+    the Python path, as `bench run --method name:Class` finds it; returns the folder."""
+    import textwrap
+
+    def write(name: str, source: str):
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        return tmp_path
+
+    return write

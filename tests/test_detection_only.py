@@ -3,7 +3,6 @@ objective refused before training, "not applicable" in grids, "–" in tables. A
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
@@ -55,11 +54,8 @@ steps = 2
 
 
 @pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    (tmp_path / "scorer.py").write_text(textwrap.dedent(DETECTION_ONLY))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
+def plugin(user_module):
+    return user_module("scorer", DETECTION_ONLY)
 
 
 def run(root, results, objective):

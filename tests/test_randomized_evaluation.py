@@ -3,7 +3,6 @@ standard deviation and worst value, and tables mark the mean."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
@@ -25,11 +24,8 @@ class NoisyDetector(TinyDetector):
 
 
 @pytest.fixture
-def noisy(tmp_path, monkeypatch):
-    (tmp_path / "noisy.py").write_text(textwrap.dedent(NOISY))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
+def noisy(user_module):
+    return user_module("noisy", NOISY)
 
 
 def test_a_randomized_detector_is_evaluated_several_times_and_its_spread_recorded(noisy, mvtec_root, capsys):
