@@ -145,8 +145,8 @@ def test_bigbird_config_is_checked():
 # -- ResNet-50 on patches (Table 10) -----------------------------------------------------------------
 def test_resnet50_shapes_gradients_and_independent_patches():
     torch.manual_seed(0)
-    detector = tiny(**RESNET).eval()
-    assert detector.net.classifier.in_features == 2048
+    detector = tiny(**RESNET, resnet_width=64).eval()
+    assert detector.net.classifier.in_features == 2048  # torchvision's ResNet-50
     assert_differentiable(detector, (2, 4, 4))
     x = torch.rand(1, 3, 32, 32)
     changed = x.clone()
@@ -157,13 +157,24 @@ def test_resnet50_shapes_gradients_and_independent_patches():
     assert (difference == 0).all()  # every other patch's score is unchanged: scored independently
 
 
-def test_resnet50_tiny_fit(mvtec_root, monkeypatch):
-    # the same network code with torchvision's ResNet-18 trunk, so that a fit takes seconds
-    monkeypatch.setattr("robustad.methods.patchguard.cnn_backbones.PatchResNet.arch", "resnet18")
+def test_resnet50_tiny_fit(mvtec_root):
+    # ResNet-50's blocks at 4 channels in the first stage, so that a fit takes seconds
     torch.manual_seed(0)
-    detector = tiny(**RESNET, epochs=1, train_steps=1, foreground="full")
-    assert detector.net.classifier.in_features == 512
+    detector = tiny(**RESNET, resnet_width=4, epochs=1, train_steps=1, foreground="full")
+    assert detector.net.classifier.in_features == 4 * 8 * 4  # last stage: 8× the width, bottleneck expansion 4
     assert_tiny_fit_changes_the_model(detector, mvtec_root)
+
+
+def test_narrow_resnet50_has_resnet50s_blocks_and_refuses_imagenet_weights():
+    from timm.models.resnet import Bottleneck
+
+    quick = create_method("patchguard", profile="quick", backbone="resnet50", alpha=0)
+    stages = quick.net.features.stages
+    assert [len(stages[f"layer{i}"]) for i in range(1, 5)] == [3, 4, 6, 3]
+    assert all(isinstance(block, Bottleneck) for stage in stages.values() for block in stage)
+    assert quick.config.resnet_width == 16 and quick.net.classifier.in_features == 512
+    with pytest.raises(ValueError, match="resnet_width.*backbone_init=scratch"):
+        tiny(**{**RESNET, "backbone_init": "pretrained", "resnet_width": 16})
 
 
 def test_cnn_backbones_refuse_the_attention_regularizer_and_attention():
@@ -181,7 +192,7 @@ def test_resnet50_pretrained_weights_missing_is_a_clear_error(tmp_path, monkeypa
     from robustad.methods.patchguard import PatchGuard
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty hub cache
-    config = tiny(**RESNET).config
+    config = tiny(**RESNET, resnet_width=64).config
     config.backbone_init = "pretrained"
     with pytest.raises(ValueError, match="resnet50-0676ba61.pth"):
         PatchGuard.check_before_run(config, "mvtec", ["bottle"])
@@ -189,7 +200,8 @@ def test_resnet50_pretrained_weights_missing_is_a_clear_error(tmp_path, monkeypa
     with pytest.raises(ValueError, match="absent.pth"):
         PatchGuard.check_before_run(config, "mvtec", ["bottle"])
     with pytest.raises(RuntimeError, match="absent.pth"):
-        tiny(**{**RESNET, "backbone_init": "pretrained", "backbone_weights": str(tmp_path / "absent.pth")})
+        tiny(**{**RESNET, "resnet_width": 64, "backbone_init": "pretrained",
+                "backbone_weights": str(tmp_path / "absent.pth")})
 
 
 # -- U-Net (Table 10) ---------------------------------------------------------------------------------

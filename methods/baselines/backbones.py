@@ -187,6 +187,30 @@ def load_weights(model: nn.Module, method: str, config: BackboneConfig, cached_f
 
 
 # -- CNN feature extractors -----------------------------------------------------------------------
+TORCHVISION_WIDTH = 64  # channels of a torchvision ResNet's first stage
+# (bottleneck blocks?, blocks per stage) of He et al. 2016, Table 1
+SCALABLE_RESNETS = {"resnet18": (False, (2, 2, 2, 2)), "resnet34": (False, (3, 4, 6, 3)),
+                    "resnet50": (True, (3, 4, 6, 3))}
+
+
+def resnet_trunk(arch: str, width: int = TORCHVISION_WIDTH) -> nn.Module:
+    """torchvision's `arch` (random init), or the same blocks and depths with `width` channels in the
+    first stage instead of 64 and every later stage scaled alike, built with timm's ResNet (whose
+    parameter names are torchvision's). Only width 64 has ImageNet weights."""
+    import torchvision
+
+    if width == TORCHVISION_WIDTH:
+        return getattr(torchvision.models, arch)(weights=None)
+    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    if arch not in SCALABLE_RESNETS:
+        raise ValueError(f"a first-stage width other than {TORCHVISION_WIDTH} is offered for "
+                         f"{', '.join(SCALABLE_RESNETS)}, not {arch}")
+    bottleneck, depths = SCALABLE_RESNETS[arch]
+    return ResNet(Bottleneck if bottleneck else BasicBlock, depths,
+                  channels=tuple(width * 2**i for i in range(4)), stem_width=width)
+
+
 class ResNetFeatures(nn.Module):
     """A torchvision ResNet cut after its last needed stage; returns the requested stage outputs.
 
@@ -194,17 +218,15 @@ class ResNetFeatures(nn.Module):
     Differentiable in the input.
     """
 
-    def __init__(self, arch: str, layers: tuple[str, ...]):
+    def __init__(self, arch: str, layers: tuple[str, ...], width: int = TORCHVISION_WIDTH):
         super().__init__()
-        import torchvision
-
         if arch not in RESNETS:
             raise ValueError(f"--config backbone={arch!r}: expected one of {', '.join(RESNETS)}")
-        net = getattr(torchvision.models, arch)(weights=None)
+        net = resnet_trunk(arch, width)
         self.layers = tuple(layers)
         last = max(int(name[-1]) for name in self.layers)
         self.normalize = ImageNormalizer()
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stem = nn.Sequential(net.conv1, net.bn1, getattr(net, "relu", None) or net.act1, net.maxpool)
         self.stages = nn.ModuleDict({f"layer{i}": getattr(net, f"layer{i}") for i in range(1, last + 1)})
         self.arch = arch
 

@@ -12,6 +12,8 @@ regularizer R, `alpha=0`).
   average-pooled and mapped to one logit by a linear layer. M(x) is the (B, g, g) patch logits, S(x)
   the top-k mean as for the ViT. ImageNet weights from the torch hub cache or `backbone_weights`
   (`methods/baselines/backbones.py`, never downloaded) or random (`backbone_init=scratch`, `quick`).
+  `resnet_width` scales every stage's channels (64: ResNet-50 itself; `quick`: 16, the same blocks at a
+  quarter of the width, as the `quick` ViT is a quarter of ViT-S's width).
 - `PixelUNet` (`backbone=unet`): U-Net (Ronneberger et al., MICCAI 2015,
   https://arxiv.org/abs/1505.04597) with `unet_levels` = 4 down-samplings and `unet_width` = 64
   channels at the first level, doubling per level; each level two 3×3 convolutions with batch norm
@@ -54,7 +56,7 @@ class PatchResNet(NoAttentionMixin, nn.Module):
     def __init__(self, config: PatchGuardConfig):
         super().__init__()
         self.patch, self.grid = config.patch_size, config.grid_size
-        self.features = ResNetFeatures(self.arch, ("layer4",))
+        self.features = ResNetFeatures(self.arch, ("layer4",), width=config.resnet_width)
         backbone = BackboneConfig(backbone=self.arch, backbone_init=config.backbone_init,
                                   backbone_weights=config.backbone_weights)
         self.features.load_pretrained("patchguard", backbone)  # a clear MissingWeightsError if absent

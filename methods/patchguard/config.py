@@ -88,6 +88,7 @@ class PatchGuardConfig(DetectorConfig):
     backbone: str = one_of("vit", BACKBONES)
     backbone_init: str = one_of("pretrained", ("pretrained", "scratch"))  # resnet50: ImageNet weights or random
     backbone_weights: str = ""  # resnet50: a state-dict path; "": the torch hub cache, never downloaded
+    resnet_width: int = in_range(64, low=1)  # resnet50: first-stage channels, later stages scaled alike (64: He et al.)
     unet_width: int = in_range(64, low=1)  # channels of the U-Net's first level (Ronneberger et al.: 64)
     unet_levels: int = in_range(4, low=1)  # down-samplings (Ronneberger et al.: 4)
     # -- attention discriminator: one self-attention layer + shared MLP (paper §5.2, app. I) ---
@@ -192,6 +193,10 @@ class PatchGuardConfig(DetectorConfig):
                                        f"attention to regularize; paper appendix C.4): --config alpha=0")
             if self.attention != "dense":
                 raise ConfigValueError("attention", self.attention, f"dense with backbone={self.backbone}")
+        if self.backbone == "resnet50" and self.resnet_width != 64 and self.backbone_init != "scratch":
+            raise ConfigValueError("resnet_width", self.resnet_width,
+                                   "64 with backbone_init=pretrained (ImageNet weights exist for ResNet-50 "
+                                   "only); a narrower ResNet-50 needs --config backbone_init=scratch")
         if self.backbone == "unet" and self.image_size % 2**self.unet_levels:
             raise ConfigValueError("unet_levels", self.unet_levels,
                                    f"at most log2 of a power of two dividing image_size={self.image_size}")
@@ -258,6 +263,7 @@ QUICK = PatchGuardConfig(
     anomaly_min_change=16 / 255,
     bigbird_block_size=4,  # 16 blocks of 4 of the 64 patches, as the paper profile's 16 blocks of 16
     backbone_init="scratch",  # backbone=resnet50 offline: no ImageNet weights
+    resnet_width=16,  # backbone=resnet50 at a quarter of ResNet-50's width, as the ViT at a quarter of ViT-S's
     unet_width=16,
     texture_source="train",  # pseudo_anomaly=glass offline: other normal training images as textures
 )
