@@ -150,8 +150,40 @@ def test_zarnd_robust_backbone_without_weights_names_the_options():
     from robustad.methods import method_config
 
     with pytest.raises(ValueError) as err:
-        Zarnd.check_before_run(method_config("zarnd", "paper"), "mvtec", ["bottle"])
+        Zarnd.check_before_run(method_config("zarnd", "paper", backbone_weights=""), "mvtec", ["bottle"])
     assert "backbone_weights=" in str(err.value) and "robustbench:" in str(err.value)
+
+
+def hugging_face_cache(root, repo: str, filename: str, state: dict) -> None:
+    """A Hugging Face hub cache at `root` holding one file of `repo`, laid out as huggingface_hub writes it."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    (folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    torch.save({"model": state, "epoch": 90}, folder / "snapshots" / ("0" * 40) / filename)
+
+
+def test_zarnd_paper_backbone_comes_from_the_hugging_face_cache_only(tmp_path, monkeypatch):
+    import torchvision
+    from huggingface_hub import constants
+
+    from robustad.methods import method_config
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    paper = method_config("zarnd", "paper")
+    assert paper.backbone_weights == "hf:madrylab/robust-imagenet-models/resnet18_linf_eps8.0.ckpt"
+    with pytest.raises(ValueError) as err:  # an empty cache: a clear error, no download
+        Zarnd.check_before_run(paper, "mvtec", ["bottle"])
+    assert "resnet18_linf_eps8.0.ckpt" in str(err.value) and "hf download" in str(err.value)
+
+    torch.manual_seed(0)
+    robust = torchvision.models.resnet18(weights=None).state_dict()
+    state = {f"module.model.{k}": v for k, v in robust.items()}  # the robustness library's layout
+    hugging_face_cache(tmp_path / "hub", "madrylab/robust-imagenet-models", "resnet18_linf_eps8.0.ckpt", state)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    Zarnd.check_before_run(paper, "mvtec", ["bottle"])
+    detector = Zarnd(paper)
+    assert torch.equal(detector.extractor.stem[0].weight, robust["conv1.weight"])
 
 
 def test_zarnd_weights_file_checks(tmp_path):

@@ -15,10 +15,13 @@ Every baseline config carries three fields (`BackboneConfig`):
   (or a checkpoint with a `state_dict` / `model` entry, e.g. from the `robustness` library; prefixes
   such as `module.model.` are stripped). `robustbench:<name>`: a RobustBench ImageNet model
   (e.g. `Salman2020Do_R50`, `Salman2020Do_50_2`), loaded with `robustbench.utils.load_model`,
-  which fetches it on a machine with network access.
+  which fetches it on a machine with network access. `hf:<owner>/<repo>/<file>`: a file of a
+  Hugging Face model repository, read from the local Hugging Face cache only (e.g.
+  `hf:madrylab/robust-imagenet-models/resnet18_linf_eps8.0.ckpt`, Salman et al.'s robust ResNets).
 
 Robust (`-adv`) variants have no default source for robust weights: without `backbone_weights`
-they stop with `MissingWeightsError`, which names the options.
+they stop with `MissingWeightsError`, which names the options. A method whose paper names one
+robust model may default to its `hf:` source (ZARND's `paper` profile).
 """
 from __future__ import annotations
 
@@ -124,6 +127,24 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return payload
 
 
+def hugging_face_cached_file(source: str) -> Path:
+    """The local Hugging Face cache's copy of `hf:<owner>/<repo>/<file>`; never downloads."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    parts = source.split(":", 1)[1].strip("/").split("/", 2)
+    if len(parts) != 3 or not all(parts):
+        raise MissingWeightsError(f"--config backbone_weights={source}: expected hf:<owner>/<repo>/<file>")
+    repo, filename = "/".join(parts[:2]), parts[2]
+    cached = try_to_load_from_cache(repo, filename)
+    if not isinstance(cached, str):
+        raise MissingWeightsError(
+            f"--config backbone_weights={source}: {filename} of {repo} is not in the Hugging Face cache "
+            f"({HF_HUB_CACHE}); on a machine with network access run once `hf download {repo} {filename}` "
+            "(and copy the cache here), or give the file with --config backbone_weights=PATH")
+    return Path(cached)
+
+
 def robustbench_state_dict(name: str) -> dict[str, torch.Tensor]:
     """The state dict of a RobustBench ImageNet L∞ model (fetched by RobustBench itself)."""
     try:
@@ -177,6 +198,8 @@ def load_weights(model: nn.Module, method: str, config: BackboneConfig, cached_f
     source = config.backbone_weights.strip()
     if source.startswith("robustbench:"):
         state = robustbench_state_dict(source.split(":", 1)[1])
+    elif source.startswith("hf:"):
+        state = read_state_dict(str(hugging_face_cached_file(source)))
     elif source:
         state = read_state_dict(source)
     elif config.robust_backbone or cached_file is None:

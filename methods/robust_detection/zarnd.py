@@ -13,7 +13,9 @@ gradient), so attacks see the exact score.
 Backbones: the official code uses the robust ImageNet ResNets of Salman et al. 2020 ("Do
 adversarially robust ImageNet models transfer better?", `madrylab/robust-imagenet-models`); its
 README runs `--backbone resnet18_linf_eps8.0` (ResNet-18, L∞ ε = 8/255), the `paper` profile's
-architecture. Weights are never downloaded here: `--config backbone_weights=PATH` (a state dict or
+backbone: by default its file `resnet18_linf_eps8.0.ckpt` of the Hugging Face repository
+`madrylab/robust-imagenet-models`, read from the local Hugging Face cache. Weights are never
+downloaded here: `--config backbone_weights=PATH` (a state dict or
 a `robustness` library checkpoint, e.g. `resnet18_linf_eps8.0.ckpt`) or
 `--config backbone_weights=robustbench:Salman2020Do_R50` with `backbone=resnet50` (RobustBench's
 copy of the ResNet-50 of the same family, L∞ ε = 4/255), as the `-adv` baselines take them
@@ -45,11 +47,16 @@ from robustad.methods.registry import register_method
 from robustad.methods.robust_detection.detection_only import ImageScoreDetector
 
 
+# The official README's backbone, in Salman et al.'s release on Hugging Face.
+ROBUST_RESNET18 = "hf:madrylab/robust-imagenet-models/resnet18_linf_eps8.0.ckpt"
+
+
 @dataclasses.dataclass
 class ZarndConfig(BackboneConfig):
     image_size: int = in_range(224, low=8)
     backbone: str = "resnet18"  # official README: resnet18_linf_eps8.0
-    robust_backbone: bool = True  # the weights must be adversarially trained (no default source)
+    backbone_weights: str = ROBUST_RESNET18  # read from the local Hugging Face cache, never downloaded
+    robust_backbone: bool = True  # the weights must be adversarially trained
     k: int = in_range(2, low=1)  # nearest training features summed in S(x) (official: 2)
     batch_size: int = in_range(32, low=1)  # feature extraction of the training set
 
@@ -71,7 +78,8 @@ class Zarnd(ImageScoreDetector):
     config_class = ZarndConfig
     profiles = {
         Profile.PAPER: ZarndConfig(),
-        Profile.QUICK: ZarndConfig(image_size=64, backbone="efficientnet_lite0", robust_backbone=False),
+        Profile.QUICK: ZarndConfig(image_size=64, backbone="efficientnet_lite0", backbone_weights="",
+                                    robust_backbone=False),
     }
 
     def __init__(self, config=None, **overrides):
