@@ -289,11 +289,28 @@ def test_rodeo_trains_against_an_exposure_folder(mvtec_root, tmp_path, monkeypat
     assert "cutpaste" in tiny("rodeo").exposure_source
 
 
-@pytest.mark.parametrize("generator", ["perlin", "nsa"])
+@pytest.mark.parametrize("generator", ["perlin", "nsa", "ours"])
 def test_rodeo_pseudo_exposures(generator, mvtec_root):
     detector = tiny("rodeo", pseudo_anomaly=generator)
     detector.fit(train_set(mvtec_root))
     assert generator in detector.exposure_source
+
+
+def test_rodeo_patchguard_exposures_take_their_size_and_least_change():
+    def changes(min_change):
+        torch.manual_seed(0)
+        images = torch.rand(8, 3, 32, 32) * 0.5 + 0.25
+        exposures = rodeo.PseudoExposures("ours", images, foreground="full", size_range=(0.5, 0.5),
+                                          min_change=min_change)
+        return (exposures(images, torch.arange(8), torch.Generator().manual_seed(0)) - images).abs().amax(dim=1)
+
+    floor, free = changes(0.4), changes(0.0)
+    changed = floor > 1e-6
+    assert changed.any(dim=(1, 2)).all()
+    assert changed.sum(dim=(1, 2)).max() <= 16 * 16 * 2  # a rotated square of side 16 px at most
+    share = [float((floor[i][changed[i]] > 0.4).float().mean()) for i in range(8)]
+    share_free = [float((free[i][free[i] > 1e-6] > 0.4).float().mean()) for i in range(8)]
+    assert sum(share) / 8 > sum(share_free) / 8 + 0.1  # the floor adds change where transforms left little
 
 
 def test_rodeo_refuses_bad_exposure_folders_before_training(tmp_path):

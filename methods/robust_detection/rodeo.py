@@ -52,7 +52,7 @@ from robustad.methods.robust_detection.detection_only import ImageScoreDetector
 from robustad.methods.robust_detection.exposure_folder import check_exposure_folder, load_exposures
 from robustad.methods.robust_detection.training_attack import pgd_training_examples
 
-PSEUDO_ANOMALIES = ("cutpaste", "fpi", "nsa", "perlin")
+PSEUDO_ANOMALIES = ("cutpaste", "fpi", "nsa", "perlin", "ours")
 
 
 @dataclasses.dataclass
@@ -71,6 +71,10 @@ class RodeoConfig(DetectorConfig):
     adv_steps: int = in_range(10, low=0)
     exposure_dir: str = ""  # folder of exposure images; empty: pseudo anomalies of the normal images
     pseudo_anomaly: str = one_of("cutpaste", PSEUDO_ANOMALIES)  # used when exposure_dir is empty
+    # pseudo_anomaly=ours (PatchGuard's generator): region sides as a fraction of the image, and the
+    # least change of a changed pixel (PatchGuard's defaults; quick: its quick profile's)
+    anomaly_size: tuple[float, float] = (0.05, 0.3)
+    anomaly_min_change: float = in_range(4 / 255, low=0, high=1)
 
 
 def build_resnet18(width: int, num_classes: int = 2) -> torch.nn.Module:
@@ -101,7 +105,9 @@ def learning_rate(base: float, progress: float, epochs: int) -> float:
 class PseudoExposures:
     """Exposures made from the normal images themselves by one of robustad's pseudo-anomaly generators."""
 
-    def __init__(self, name: str, images: torch.Tensor):
+    def __init__(self, name: str, images: torch.Tensor, **options):
+        """`options`: keyword arguments of PatchGuard's `create_pseudo_anomaly_generator` (its own
+        generator, "ours", takes its region sizes and least change from them)."""
         self.name = name
         if name == "perlin":
             from robustad.methods.baselines.synthesis import TextureSource
@@ -110,7 +116,7 @@ class PseudoExposures:
         else:
             from robustad.methods.patchguard.pseudo_anomalies import create_pseudo_anomaly_generator
 
-            self.generator = create_pseudo_anomaly_generator(name)
+            self.generator = create_pseudo_anomaly_generator(name, **options)
             self.generator.prepare(images)
 
     def __call__(self, normal: torch.Tensor, indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -178,7 +184,9 @@ class Rodeo(ImageScoreDetector):
         if cfg.exposure_dir:
             exposures, pseudo = load_exposures(self.name, cfg.exposure_dir, cfg.image_size), None
         else:
-            exposures, pseudo = None, PseudoExposures(cfg.pseudo_anomaly, images)
+            options = (dict(size_range=tuple(cfg.anomaly_size), min_change=cfg.anomaly_min_change)
+                       if cfg.pseudo_anomaly == "ours" else {})
+            exposures, pseudo = None, PseudoExposures(cfg.pseudo_anomaly, images, **options)
         half = max(1, cfg.batch_size // 2)
         steps = math.ceil(len(images) / half)
         opt = torch.optim.SGD(self.classifier.parameters(), lr=cfg.lr, momentum=cfg.momentum,
