@@ -61,3 +61,35 @@ def test_zero_evaluations_are_refused(mvtec_root, tmp_path, capsys):
     assert main(["run", "--method", "tests.tiny_detector:TinyDetector", "--dataset", "mvtec", "--root",
                  str(mvtec_root), "--category", "alpha", "--evaluations", "0", "--results", str(tmp_path / "r")]) == 2
     assert "--evaluations 0" in capsys.readouterr().err
+
+
+def test_the_calibration_of_a_randomized_detector_reads_the_mean_of_its_clean_passes(mvtec_root):
+    import torch
+
+    from robustad.attacks import create_attack
+    from robustad.bench.evaluation.evaluate import evaluate
+    from robustad.datasets import create_dataset
+    from tests.tiny_detector import TinyDetector
+
+    class LogitNoise(TinyDetector):
+        randomized = True
+        spread = 4.0  # noise far above the untrained logits' spread
+
+        def forward(self, images):
+            logits = super().forward(images)
+            return logits + self.spread * torch.randn_like(logits)
+
+    torch.manual_seed(0)
+    detector = LogitNoise()
+    test = create_dataset("mvtec", root=str(mvtec_root), category="alpha", split="test", image_size=32)
+    attack = create_attack("pgd", eps=2 / 255, steps=1)
+
+    def scale(evaluations):
+        torch.manual_seed(0)
+        result = evaluate(detector, test, attack, batch_size=8, device=torch.device("cpu"), progress=False,
+                          evaluations=evaluations)
+        return result["calibration"]["scale"]
+
+    noisy, averaged = scale(1), scale(16)
+    assert noisy > 0.7 * LogitNoise.spread  # one pass: the scale is the noise's
+    assert averaged < 0.5 * noisy  # the mean of 16 passes: its noise is 4× smaller

@@ -39,7 +39,9 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
     An attack that needs the whole test set (`whole_test_set`, A³) gets every image in one call.
     `evaluations` R > 1 (a randomized detector): the clean and the final adversarial images are scored
     R times, each pass with fresh randomness; each metric is the mean over the R passes, with its
-    standard deviation (`<metric>_std`) and its lowest value (`<metric>_worst`) beside it. `calibration` in the result is what the
+    standard deviation (`<metric>_std`) and its lowest value (`<metric>_worst`) beside it; the R clean
+    passes are made before the attack, and the attack's calibration reads their mean scores (logits),
+    not one noisy pass. `calibration` in the result is what the
     record stores as `attack_calibration`; `calibration` given replaces the clean pass's (a study
     of other readings: `benchmarks/calibration_readings.py`). `examples`, an `ExampleCollector`
     (`bench/results/example_maps.py`), keeps a few clean and adversarial images and maps for Figure 1.
@@ -61,6 +63,7 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
     objective = Objective.parse(getattr(attack, "objective", Objective.LOCALIZATION))
     whole = getattr(attack, "whole_test_set", False)
     units, targets, kept = [], [], []
+    clean_draws = [([], []) for _ in range(evaluations - 1)]  # (scores, maps) of the clean passes after the first
     disable = None if progress is None else not progress
     detector.eval()
     position = 0
@@ -73,6 +76,14 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
             logits = raw.float()
             out["clean_scores"].append(scores.cpu())
             out["clean_maps"].append(detector.anomaly_map(logits, size).cpu())
+            score_sum, logit_sum = scores.clone(), logits.clone()
+            for draw_scores, draw_maps in clean_draws:  # a randomized detector: the other clean passes
+                again = detector(images).float()
+                draw_scores.append(detector.score(again).float().cpu())
+                draw_maps.append(detector.anomaly_map(again, size).cpu())
+                score_sum += draw_scores[-1].to(score_sum.device)
+                logit_sum += again
+            scores, logits = score_sum / evaluations, logit_sum / evaluations  # the calibration's units
         seconds["clean"] += time.perf_counter() - start
         if examples is not None:
             examples.add_clean(position, batch["image"], batch["mask"], batch["label"], out["clean_maps"][-1])
@@ -130,11 +141,10 @@ def evaluate(detector, test_set, attack, *, batch_size: int, device: torch.devic
 
     passes = {"clean": [metrics(cat["clean_scores"], cat["clean_maps"])],
               "adversarial": [metrics(cat["adv_scores"], cat["adv_maps"])]}
-    for _ in range(evaluations - 1):
-        clean_images = (batch["image"] for batch in loader)
-        for kind, images in (("clean", clean_images), ("adversarial", adversarial_images)):
-            scores, maps = score_again(detector, images, device, precision, size)
-            passes[kind].append(metrics(scores, maps))
+    for draw_scores, draw_maps in clean_draws:
+        passes["clean"].append(metrics(torch.cat(draw_scores).numpy(), torch.cat(draw_maps).numpy()))
+        scores, maps = score_again(detector, adversarial_images, device, precision, size)
+        passes["adversarial"].append(metrics(scores, maps))
     labels = cat["labels"]
     return {
         "clean": summarize(passes["clean"]),
