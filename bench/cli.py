@@ -315,9 +315,11 @@ def cmd_check(args) -> int:
     from robustad.bench.evaluation.soundness import run_soundness
 
     create_attack(args.attack, norm=args.norm, eps=parse_eps(args.eps))  # an unknown attack fails before training
+    if args.eot is not None and args.eot < 1:
+        raise ValueError(f"--eot {args.eot}: expected a number of passes >= 1")
     spec = single_cell(args, args.attack)
     outcome, report = run_soundness(spec, results=args.results, device=args.device, max_images=args.max_images,
-                                    margin=args.margin, log=lambda m: print(m, file=sys.stderr))
+                                    margin=args.margin, eot=args.eot, log=lambda m: print(m, file=sys.stderr))
     print(report)
     return 1 if any(r.passed is False for r in outcome) else 0
 
@@ -452,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", action="append", metavar="KEY=VALUE")
     check.add_argument("--max-images", dest="max_images", type=int, default=32)
     check.add_argument("--margin", type=float, default=1.0, help="noise margin in AUROC points (default 1.0)")
+    check.add_argument("--eot", type=int, default=None, metavar="K",
+                       help="EOT passes of the checks' attacks (default: the attacks' own, 20 for a randomized "
+                            "detector); the EOT ladder check still compares 1, 5 and 20")
     check.set_defaults(func=cmd_check)
 
     data = sub.add_parser("data", help="inspect or download a dataset")

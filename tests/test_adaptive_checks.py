@@ -65,3 +65,19 @@ def test_a_randomized_detector_is_checked_with_its_noise_fixed_and_eot_settles(m
     assert set(settles.figures) == {f"eot={k}" for k in EOT_LADDER} and settles.passed is not None
     assert declared.name == "randomness_declared" and declared.passed
     assert gradients.passed
+
+
+def test_the_checks_eot_option_reaches_their_attacks_and_a_randomized_detector_is_scored_repeatedly(mvtec_root,
+                                                                                                   tmp_path):
+    from robustad.bench.evaluation.group import RANDOMIZED_EVALUATIONS
+
+    spec = CellSpec(method="tests.test_adaptive_checks:NoisyDetector", dataset="mvtec", category="alpha",
+                    root=str(mvtec_root), steps=2)
+    check = SoundnessCheck(spec, results=tmp_path, max_images=8, eot=3, log=lambda m: None)
+    with check.prepared:
+        assert check.build_attack("pgd").eot == 3 and check.build_attack("simba").eot == 3
+        assert check.build_attack("pgd", eot=5).eot == 5  # a check that sets its own K keeps it
+        out = check.evaluation("pgd", steps=1)
+    assert out["clean"]["evaluations"] == out["adversarial"]["evaluations"] == RANDOMIZED_EVALUATIONS
+    assert main(["check", "--method", "tests.tiny_detector:TinyDetector", "--dataset", "mvtec", "--root",
+                 str(mvtec_root), "--eot", "0"]) != 0

@@ -286,7 +286,7 @@ def test_rodeo_trains_against_an_exposure_folder(mvtec_root, tmp_path, monkeypat
     assert seen == [(5, 3, SIZE, SIZE)]
     assert str(folder.parent) in detector.exposure_source
     assert detector.config_dict()["exposure_dir"] == str(folder.parent)  # stored in every record
-    assert "cutpaste" in tiny("rodeo").exposure_source
+    assert "ours" in tiny("rodeo").exposure_source
 
 
 @pytest.mark.parametrize("generator", ["perlin", "nsa", "ours"])

@@ -36,6 +36,7 @@ from robustad.bench.cells import CellSpec
 from robustad.bench.evaluation.affine_logits import AffineLogits
 from robustad.bench.evaluation.checks import cheap_checks
 from robustad.bench.evaluation.evaluate import evaluate
+from robustad.bench.evaluation.group import RANDOMIZED_EVALUATIONS
 from robustad.bench.evaluation.prepare import prepare
 from robustad.bench.results.records import write_json_atomic
 
@@ -62,8 +63,11 @@ class SoundnessCheck:
     """Holds one trained detector and its test images; each method runs one check."""
 
     def __init__(self, spec: CellSpec, *, results="results", device="cpu", max_images: int = 32,
-                 margin: float = 1.0, log=print):
+                 margin: float = 1.0, eot: int | None = None, log=print):
+        """`eot`: EOT passes of every attack of the checks that does not set its own (default: the
+        attacks' default, 20 for a randomized detector); the EOT ladder keeps its own K."""
         self.spec = spec
+        self.eot = eot
         self.attack_name = spec.attack  # the attack of the invariance and composite checks
         self.results = Path(results).expanduser().resolve()
         self.device = torch.device(device)
@@ -78,13 +82,16 @@ class SoundnessCheck:
 
     def build_attack(self, attack_name: str, **options):
         options = {"norm": self.spec.norm, "eps": self.spec.eps, "seed": self.spec.seed,
-                   "objective": self.spec.objective, **options}
+                   "objective": self.spec.objective, **({"eot": self.eot} if self.eot else {}), **options}
         return create_attack(attack_name, **options)
 
     def evaluation(self, attack_name: str, detector=None, **options) -> dict:
-        """The runner's `evaluate` of one attack configuration on the checked test images."""
-        return evaluate(detector or self.detector, self.test_set, self.build_attack(attack_name, **options),
-                        batch_size=16, device=self.device, max_images=self.max_images, progress=False)
+        """The runner's `evaluate` of one attack configuration on the checked test images (a randomized
+        detector's AUROC the mean of `RANDOMIZED_EVALUATIONS` passes, as the runner records it)."""
+        detector = detector or self.detector
+        return evaluate(detector, self.test_set, self.build_attack(attack_name, **options), batch_size=16,
+                        device=self.device, max_images=self.max_images, progress=False,
+                        evaluations=RANDOMIZED_EVALUATIONS if getattr(detector, "randomized", False) else 1)
 
     def adversarial(self, attack_name: str, detector=None, **options) -> tuple[float, float]:
         """(clean, adversarial) AUROC of the checked metric under one attack configuration."""
@@ -389,9 +396,11 @@ def format_report(spec: CellSpec, metric: str, results: list[CheckResult]) -> st
     return "\n".join(lines)
 
 
-def run_soundness(spec: CellSpec, *, results="results", device="cpu", max_images=32, margin=1.0, log=print):
+def run_soundness(spec: CellSpec, *, results="results", device="cpu", max_images=32, margin=1.0, eot=None,
+                  log=print):
     """Runs every check, writes `<results>/checks/<cell_id>.json` and returns (results, report text)."""
-    check = SoundnessCheck(spec, results=results, device=device, max_images=max_images, margin=margin, log=log)
+    check = SoundnessCheck(spec, results=results, device=device, max_images=max_images, margin=margin, eot=eot,
+                           log=log)
     with check.prepared:
         outcome = check.run_all()
     report = format_report(spec, check.metric, outcome)
