@@ -81,3 +81,12 @@ def test_the_checks_eot_option_reaches_their_attacks_and_a_randomized_detector_i
     assert out["clean"]["evaluations"] == out["adversarial"]["evaluations"] == RANDOMIZED_EVALUATIONS
     assert main(["check", "--method", "tests.tiny_detector:TinyDetector", "--dataset", "mvtec", "--root",
                  str(mvtec_root), "--eot", "0"]) != 0
+
+
+def test_the_composite_check_reads_a_randomized_detector_through_its_noise(mvtec_root, tmp_path):
+    spec = CellSpec(method="tests.test_adaptive_checks:NoisyDetector", dataset="mvtec", category="alpha",
+                    root=str(mvtec_root), steps=2)
+    check = SoundnessCheck(spec, results=tmp_path, max_images=8, eot=2, log=lambda m: None)
+    with check.prepared:
+        result = check.composites_not_weaker()
+    assert result.passed, result.figures  # a composite is never weaker beyond the noise of its choice

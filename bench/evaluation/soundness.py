@@ -45,6 +45,7 @@ MASKED_SHARE = 0.05  # images whose input gradient may be zero or non-finite bef
 SUCCESS_DROP = 10.0  # AUROC points PGD must take off a randomized detector with its noise fixed
 EOT_LADDER = (1, 5, 20)  # EOT passes compared for a randomized detector (AutoAttack's rand version uses 20)
 SETTLE_POINTS = 2.0  # AUROC points within which EOT-20 and EOT-5 count as settled
+COMPOSITE_NOISE_Z = 3.0  # standard errors of a randomized detector's loss difference that count as noise
 
 
 @dataclasses.dataclass
@@ -209,8 +210,13 @@ class SoundnessCheck:
         return [f"worst:pgd-{max(1, self.steps // 5)},pgd-{self.steps}", f"autoattack-{self.steps}"]
 
     def composites_not_weaker(self) -> CheckResult:
-        """Per image: the composite's flip loss is at least each member's (it keeps the worst case)."""
-        from robustad.attacks.attack import frozen
+        """Per image: the composite's flip loss is at least each member's (it keeps the worst case).
+
+        A randomized detector's losses are read as the mean of `RANDOMIZED_EOT` passes per image, and a
+        member counts as stronger only beyond `COMPOSITE_NOISE_Z` standard errors of the difference: the
+        composite chose between its members on K-pass means (its EOT), so members closer than that
+        noise cannot be ranked by it."""
+        from robustad.attacks.attack import RANDOMIZED_EOT, default_eot, frozen
         from robustad.attacks.batching import attack_in_chunks
         from robustad.attacks.calibration import UnitCalibration
         from robustad.attacks.objectives import AttackObjective, FlipLoss, unit_targets
@@ -232,16 +238,23 @@ class SoundnessCheck:
             members = composite.members if hasattr(composite, "members") else []
             members = [(m if isinstance(m, tuple) else (member_label(m), m)) for m in members]
 
+            randomized = bool(getattr(self.detector, "randomized", False))
+            readings = RANDOMIZED_EOT if randomized else 1
+            chosen_on = (getattr(composite, "eot", None) or (members and getattr(members[0][1], "eot", None))
+                         or default_eot(self.detector))  # passes behind the composite's per-image choice
+
             def loss_of(attack):
                 adv = attack_in_chunks(attack, self.detector, images, masks, labels, calibration=calibration)
                 with frozen(self.detector), torch.no_grad():
-                    return ranking.loss(adv)
+                    values = torch.stack([ranking.loss(adv) for _ in range(readings)])
+                return values.mean(0), (values.var(0) if readings > 1 else torch.zeros_like(values[0]))
 
-            combined = loss_of(composite)
+            combined, combined_var = loss_of(composite)
             for label, member in members:
-                alone = loss_of(member)
+                alone, alone_var = loss_of(member)
                 gap = alone - combined  # > 0 where the member alone is stronger on that image
-                tolerance = 1e-4 * (1.0 + alone.abs())
+                noise = ((alone_var + combined_var) * (1.0 / chosen_on + 1.0 / readings)).sqrt()
+                tolerance = 1e-4 * (1.0 + alone.abs()) + COMPOSITE_NOISE_Z * noise
                 beaten = int((gap > tolerance).sum())
                 figures[f"{name} vs {label}"] = f"{beaten}/{len(gap)} images stronger alone, max gap {float(gap.max()):.3g}"
                 if beaten:
